@@ -1,1 +1,20 @@
-//! Protocol-neutral broker core.
+//! Protocol-neutral broker core: the message model, virtual hosts, exchanges,
+//! bindings, queues and consumers. No sockets and no protocol bytes live here;
+//! every protocol crate meets the others only through these types.
+
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod topic;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use error::{CoreError, CoreResult};
+pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
+pub use message::{Message, Properties, Table, Value};
+pub use queue::{ConnectionId, ConsumerSink, Delivery, Entry, Queue, QueueOptions};
+pub use vhost::{DeclaredQueue, Routed, VHost};

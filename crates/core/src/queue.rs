@@ -1,0 +1,482 @@
+//! Queues: ordered ready messages, consumers fed round-robin under credit, and
+//! the bookkeeping for unacknowledged deliveries.
+//!
+//! A queue does its dispatch synchronously in whichever task touched it
+//! (publisher, acker, new consumer), under its own short lock; consumers are
+//! [`ConsumerSink`]s that accept a delivery without blocking. There is no
+//! global lock on the publish path: two publishers only meet when they publish
+//! into the same queue.
+
+use crate::error::{CoreError, CoreResult};
+use crate::message::{Message, Table};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Identifies a client connection, for exclusive queues and consumers.
+pub type ConnectionId = u64;
+
+/// A message waiting in (or delivered from) a queue.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Position in the queue; requeued messages go back to their place by it.
+    pub seq: u64,
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// True once the message was delivered before and came back.
+    pub redelivered: bool,
+}
+
+/// A delivery handed to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The queue it came from, for acks and requeues.
+    pub queue: Arc<Queue>,
+    /// The message and its position.
+    pub entry: Entry,
+}
+
+/// The consumer side of a queue, implemented by each protocol at the edge.
+pub trait ConsumerSink: Send + Sync {
+    /// Takes one unit of credit (prefetch window, flow, connection buffer);
+    /// false means "not now", and the owner calls [`Queue::dispatch`] when
+    /// credit comes back.
+    fn try_reserve(&self) -> bool;
+    /// Takes a delivery for which credit was reserved. Must not block.
+    fn deliver(&self, delivery: Delivery);
+    /// The queue was deleted under the consumer; the protocol tells its client.
+    fn cancelled(&self);
+}
+
+struct Consumer {
+    tag: Arc<str>,
+    owner: ConnectionId,
+    channel: u16,
+    exclusive: bool,
+    no_ack: bool,
+    sink: Arc<dyn ConsumerSink>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Entry>,
+    ready_bytes: usize,
+    unacked: usize,
+    consumers: Vec<Consumer>,
+    cursor: usize,
+    next_seq: u64,
+    had_consumer: bool,
+    deleted: bool,
+}
+
+/// Declared attributes of a queue, compared on redeclare.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueueOptions {
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// Owned by one connection; deleted when it closes.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes away.
+    pub auto_delete: bool,
+    /// `x-` arguments.
+    pub arguments: Table,
+}
+
+/// A queue.
+pub struct Queue {
+    name: Arc<str>,
+    vhost: Arc<str>,
+    options: QueueOptions,
+    owner: Option<ConnectionId>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish()
+    }
+}
+
+/// A snapshot of a queue's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery.
+    pub ready: usize,
+    /// Bytes of bodies ready for delivery.
+    pub ready_bytes: usize,
+    /// Delivered, not yet acknowledged.
+    pub unacked: usize,
+    /// Attached consumers.
+    pub consumers: usize,
+}
+
+impl Queue {
+    /// Creates an empty queue; `owner` is set for exclusive queues.
+    pub fn new(
+        vhost: Arc<str>,
+        name: Arc<str>,
+        options: QueueOptions,
+        owner: Option<ConnectionId>,
+    ) -> Arc<Self> {
+        Arc::new(Queue {
+            name,
+            vhost,
+            options,
+            owner,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue's name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Declared attributes.
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
+    /// The owning connection of an exclusive queue.
+    pub fn owner(&self) -> Option<ConnectionId> {
+        self.owner
+    }
+
+    /// Refuses access from connections other than an exclusive queue's owner (405).
+    pub fn check_access(&self, conn: ConnectionId) -> CoreResult<()> {
+        match self.owner {
+            Some(owner) if owner != conn => Err(CoreError::ResourceLocked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.name, self.vhost
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        QueueStats {
+            ready: st.ready.len(),
+            ready_bytes: st.ready_bytes,
+            unacked: st.unacked,
+            consumers: st.consumers.len(),
+        }
+    }
+
+    /// True once the queue was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().deleted
+    }
+
+    /// Appends a routed message and feeds consumers.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.ready_bytes += message.size();
+        st.ready.push_back(Entry {
+            seq,
+            message,
+            redelivered: false,
+        });
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Feeds consumers that have credit; call after credit comes back.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.dispatch_locked(&mut st);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
+            let n = st.consumers.len();
+            let Some(idx) = (0..n)
+                .map(|i| (st.cursor + i) % n)
+                .find(|&i| st.consumers[i].sink.try_reserve())
+            else {
+                return;
+            };
+            st.cursor = (idx + 1) % n;
+            let Some(entry) = st.ready.pop_front() else {
+                return;
+            };
+            st.ready_bytes -= entry.message.size();
+            let consumer = &st.consumers[idx];
+            let sink = consumer.sink.clone();
+            if !consumer.no_ack {
+                st.unacked += 1;
+            }
+            sink.deliver(Delivery {
+                queue: self.clone(),
+                entry,
+            });
+        }
+    }
+
+    /// basic.get: takes the head message, and reports how many remain.
+    pub fn get(&self, no_ack: bool) -> Option<(Entry, usize)> {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return None;
+        }
+        let entry = st.ready.pop_front()?;
+        st.ready_bytes -= entry.message.size();
+        if !no_ack {
+            st.unacked += 1;
+        }
+        Some((entry, st.ready.len()))
+    }
+
+    /// Settles `count` deliveries as acknowledged (or dropped).
+    pub fn settle(&self, count: usize) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(count);
+    }
+
+    /// Puts unacknowledged deliveries back in their original places, flagged
+    /// redelivered, and feeds consumers.
+    pub fn requeue(self: &Arc<Self>, mut entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(entries.len());
+        if st.deleted {
+            return;
+        }
+        entries.sort_unstable_by_key(|e| e.seq);
+        for mut entry in entries.into_iter().rev() {
+            entry.redelivered = true;
+            st.ready_bytes += entry.message.size();
+            let at = st.ready.partition_point(|e| e.seq < entry.seq);
+            st.ready.insert(at, entry);
+        }
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&self) -> usize {
+        let mut st = self.state.lock();
+        let n = st.ready.len();
+        st.ready.clear();
+        st.ready_bytes = 0;
+        n
+    }
+
+    /// Attaches a consumer. Exclusive consumers need an idle queue, and an
+    /// exclusive consumer keeps everyone else out (403, as RabbitMQ).
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        tag: Arc<str>,
+        owner: ConnectionId,
+        channel: u16,
+        exclusive: bool,
+        no_ack: bool,
+        sink: Arc<dyn ConsumerSink>,
+    ) -> CoreResult<()> {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Err(CoreError::NotFound(format!(
+                "no queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            )));
+        }
+        if st.consumers.iter().any(|c| c.exclusive) || (exclusive && !st.consumers.is_empty()) {
+            return Err(CoreError::AccessRefused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.name, self.vhost
+            )));
+        }
+        st.consumers.push(Consumer {
+            tag,
+            owner,
+            channel,
+            exclusive,
+            no_ack,
+            sink,
+        });
+        st.had_consumer = true;
+        self.dispatch_locked(&mut st);
+        Ok(())
+    }
+
+    /// Detaches a consumer. Returns true when an auto-delete queue just lost
+    /// its last consumer and must now be deleted by its vhost.
+    pub fn remove_consumer(&self, owner: ConnectionId, channel: u16, tag: &str) -> bool {
+        let mut st = self.state.lock();
+        st.consumers
+            .retain(|c| !(c.owner == owner && c.channel == channel && &*c.tag == tag));
+        if st.cursor >= st.consumers.len() {
+            st.cursor = 0;
+        }
+        self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+    }
+
+    /// Marks the queue deleted, drops its messages and tells consumers.
+    /// Returns the number of ready messages it held.
+    pub(crate) fn mark_deleted(&self) -> usize {
+        let (n, sinks) = {
+            let mut st = self.state.lock();
+            st.deleted = true;
+            let n = st.ready.len();
+            st.ready.clear();
+            st.ready_bytes = 0;
+            let sinks: Vec<_> = st.consumers.drain(..).map(|c| c.sink).collect();
+            (n, sinks)
+        };
+        for sink in sinks {
+            sink.cancelled();
+        }
+        n
+    }
+
+    /// Checks the delete preconditions (if-unused, if-empty).
+    pub(crate) fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<()> {
+        let st = self.state.lock();
+        if if_unused && !st.consumers.is_empty() {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{}' in vhost '{}' in use",
+                self.name, self.vhost
+            )));
+        }
+        if if_empty && !st.ready.is_empty() {
+            return Err(CoreError::PreconditionFailed(format!(
+                "queue '{}' in vhost '{}' is not empty",
+                self.name, self.vhost
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Properties;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct TestSink {
+        credit: AtomicUsize,
+        got: Mutex<Vec<Delivery>>,
+        cancelled: AtomicUsize,
+    }
+
+    impl ConsumerSink for TestSink {
+        fn try_reserve(&self) -> bool {
+            self.credit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+                .is_ok()
+        }
+        fn deliver(&self, delivery: Delivery) {
+            self.got.lock().push(delivery);
+        }
+        fn cancelled(&self) {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn sink(credit: usize) -> Arc<TestSink> {
+        Arc::new(TestSink {
+            credit: AtomicUsize::new(credit),
+            got: Mutex::new(Vec::new()),
+            cancelled: AtomicUsize::new(0),
+        })
+    }
+
+    fn msg(body: &'static str) -> Arc<Message> {
+        Message::new(
+            Bytes::new(),
+            Bytes::new(),
+            Properties::default(),
+            Bytes::from_static(body.as_bytes()),
+        )
+    }
+
+    fn queue() -> Arc<Queue> {
+        Queue::new("/".into(), "q".into(), QueueOptions::default(), None)
+    }
+
+    #[test]
+    fn credit_limits_deliveries_and_dispatch_resumes() {
+        let q = queue();
+        let s = sink(2);
+        q.add_consumer("c".into(), 1, 1, false, false, s.clone())
+            .unwrap();
+        for b in ["1", "2", "3"] {
+            q.publish(msg(b));
+        }
+        assert_eq!(s.got.lock().len(), 2);
+        assert_eq!(q.stats().ready, 1);
+        assert_eq!(q.stats().unacked, 2);
+        s.credit.store(1, Ordering::SeqCst);
+        q.dispatch();
+        assert_eq!(s.got.lock().len(), 3);
+    }
+
+    #[test]
+    fn requeue_keeps_place_and_flags_redelivered() {
+        let q = queue();
+        for b in ["1", "2", "3"] {
+            q.publish(msg(b));
+        }
+        let (a, _) = q.get(false).unwrap();
+        let (b, _) = q.get(false).unwrap();
+        q.requeue(vec![b, a]);
+        let (first, left) = q.get(true).unwrap();
+        assert_eq!(&first.message.body[..], b"1");
+        assert!(first.redelivered);
+        assert_eq!(left, 2);
+        assert_eq!(&q.get(true).unwrap().0.message.body[..], b"2");
+        let third = q.get(true).unwrap().0;
+        assert_eq!(&third.message.body[..], b"3");
+        assert!(!third.redelivered);
+    }
+
+    #[test]
+    fn round_robin_between_consumers() {
+        let q = queue();
+        let (a, b) = (sink(10), sink(10));
+        q.add_consumer("a".into(), 1, 1, false, false, a.clone())
+            .unwrap();
+        q.add_consumer("b".into(), 1, 1, false, false, b.clone())
+            .unwrap();
+        for _ in 0..4 {
+            q.publish(msg("x"));
+        }
+        assert_eq!(a.got.lock().len(), 2);
+        assert_eq!(b.got.lock().len(), 2);
+    }
+
+    #[test]
+    fn exclusive_consumer_refuses_others() {
+        let q = queue();
+        q.add_consumer("a".into(), 1, 1, true, false, sink(1))
+            .unwrap();
+        let err = q
+            .add_consumer("b".into(), 2, 1, false, false, sink(1))
+            .unwrap_err();
+        assert!(matches!(err, CoreError::AccessRefused(_)));
+    }
+
+    #[test]
+    fn deletion_cancels_consumers() {
+        let q = queue();
+        let s = sink(1);
+        q.add_consumer("a".into(), 1, 1, false, false, s.clone())
+            .unwrap();
+        q.mark_deleted();
+        assert_eq!(s.cancelled.load(Ordering::SeqCst), 1);
+        assert!(q.is_deleted());
+    }
+}

@@ -1,0 +1,655 @@
+//! A virtual host: its own namespace of exchanges and queues, and routing.
+
+use crate::error::{CoreError, CoreResult};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
+use crate::message::{Message, Properties, Table, Value};
+use crate::queue::{ConnectionId, Queue, QueueOptions};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How deep exchange-to-exchange bindings are followed before giving up on a cycle.
+const MAX_EXCHANGE_HOPS: usize = 32;
+
+/// Result of a queue declaration.
+#[derive(Debug, Clone)]
+pub struct DeclaredQueue {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Ready messages.
+    pub message_count: u32,
+    /// Attached consumers.
+    pub consumer_count: u32,
+}
+
+/// A virtual host.
+pub struct VHost {
+    name: Arc<str>,
+    exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
+    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+}
+
+/// What a publish reached.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// The distinct queues the message was routed to.
+    pub queues: Vec<Arc<Queue>>,
+}
+
+fn inequivalent(
+    what: &str,
+    arg: &str,
+    name: &str,
+    vhost: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> CoreError {
+    CoreError::PreconditionFailed(format!(
+        "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"
+    ))
+}
+
+fn reserved(what: &str, name: &str) -> CoreError {
+    CoreError::AccessRefused(format!(
+        "{what} name '{name}' contains reserved prefix 'amq.*'"
+    ))
+}
+
+impl VHost {
+    /// A vhost with the standard exchanges (the default one and `amq.*`).
+    pub fn new(name: &str) -> Arc<Self> {
+        let vhost = VHost {
+            name: name.into(),
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+        };
+        {
+            let mut ex = vhost.exchanges.write();
+            for (n, kind) in [
+                ("", ExchangeKind::Direct),
+                ("amq.direct", ExchangeKind::Direct),
+                ("amq.fanout", ExchangeKind::Fanout),
+                ("amq.topic", ExchangeKind::Topic),
+                ("amq.headers", ExchangeKind::Headers),
+                ("amq.match", ExchangeKind::Headers),
+            ] {
+                let name: Arc<str> = n.into();
+                let options = ExchangeOptions {
+                    kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: Table::default(),
+                };
+                ex.insert(name.clone(), Exchange::new(name, options));
+            }
+        }
+        Arc::new(vhost)
+    }
+
+    /// The vhost's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn no_exchange(&self, name: &str) -> CoreError {
+        CoreError::NotFound(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> CoreError {
+        CoreError::NotFound(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn default_exchange_refused() -> CoreError {
+        CoreError::AccessRefused("operation not permitted on the default exchange".into())
+    }
+
+    /// Looks an exchange up.
+    pub fn exchange(&self, name: &str) -> CoreResult<Arc<Exchange>> {
+        self.exchanges
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_exchange(name))
+    }
+
+    /// Looks a queue up, checking exclusive ownership.
+    pub fn queue(&self, name: &str, conn: ConnectionId) -> CoreResult<Arc<Queue>> {
+        let q = self
+            .queues
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_queue(name))?;
+        q.check_access(conn)?;
+        Ok(q)
+    }
+
+    /// All exchanges, for listings.
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    /// All queues, for listings.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// exchange.declare (passive or not).
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        options: impl FnOnce(ExchangeKind) -> ExchangeOptions,
+    ) -> CoreResult<Arc<Exchange>> {
+        if name.is_empty() {
+            return if passive {
+                self.exchange(name)
+            } else {
+                Err(Self::default_exchange_refused())
+            };
+        }
+        if passive {
+            return self.exchange(name);
+        }
+        if name.starts_with("amq.") {
+            return Err(reserved("exchange", name));
+        }
+        let kind = ExchangeKind::parse(kind)
+            .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{kind}'")))?;
+        let options = options(kind);
+        let mut exchanges = self.exchanges.write();
+        if let Some(existing) = exchanges.get(name) {
+            let cur = existing.options();
+            let field = if cur.kind != options.kind {
+                Some((
+                    "type",
+                    options.kind.as_str().to_string(),
+                    cur.kind.as_str().to_string(),
+                ))
+            } else if cur.durable != options.durable {
+                Some((
+                    "durable",
+                    options.durable.to_string(),
+                    cur.durable.to_string(),
+                ))
+            } else if cur.auto_delete != options.auto_delete {
+                Some((
+                    "auto_delete",
+                    options.auto_delete.to_string(),
+                    cur.auto_delete.to_string(),
+                ))
+            } else if cur.internal != options.internal {
+                Some((
+                    "internal",
+                    options.internal.to_string(),
+                    cur.internal.to_string(),
+                ))
+            } else {
+                None
+            };
+            if let Some((arg, received, current)) = field {
+                return Err(inequivalent(
+                    "exchange", arg, name, &self.name, received, current,
+                ));
+            }
+            return Ok(existing.clone());
+        }
+        let name: Arc<str> = name.into();
+        let exchange = Exchange::new(name.clone(), options);
+        exchanges.insert(name, exchange.clone());
+        Ok(exchange)
+    }
+
+    /// exchange.delete.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> CoreResult<()> {
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(reserved("exchange", name));
+        }
+        let mut exchanges = self.exchanges.write();
+        let Some(exchange) = exchanges.get(name).cloned() else {
+            return Ok(());
+        };
+        if if_unused && exchange.has_bindings() {
+            return Err(CoreError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        exchanges.remove(name);
+        let dest = Destination::Exchange(exchange.name().into());
+        let sources: Vec<_> = exchanges.values().cloned().collect();
+        drop(exchanges);
+        for source in sources {
+            if source.unbind_destination(&dest) > 0 {
+                self.auto_delete_exchange(&source);
+            }
+        }
+        Ok(())
+    }
+
+    fn auto_delete_exchange(&self, exchange: &Arc<Exchange>) {
+        if exchange.options().auto_delete && !exchange.has_bindings() {
+            let mut exchanges = self.exchanges.write();
+            if exchanges
+                .get(exchange.name())
+                .is_some_and(|e| Arc::ptr_eq(e, exchange))
+            {
+                exchanges.remove(exchange.name());
+            }
+        }
+    }
+
+    /// queue.declare. An empty name gets a server-generated `amq.gen-` name.
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        passive: bool,
+        options: QueueOptions,
+        conn: ConnectionId,
+    ) -> CoreResult<DeclaredQueue> {
+        let declared = |queue: Arc<Queue>| {
+            let stats = queue.stats();
+            DeclaredQueue {
+                queue,
+                message_count: stats.ready as u32,
+                consumer_count: stats.consumers as u32,
+            }
+        };
+        if passive {
+            return self.queue(name, conn).map(declared);
+        }
+        if name.starts_with("amq.") {
+            return Err(reserved("queue", name));
+        }
+        let name: Arc<str> = if name.is_empty() {
+            format!("amq.gen-{}", generated_suffix()).into()
+        } else {
+            name.into()
+        };
+        let mut queues = self.queues.write();
+        if let Some(existing) = queues.get(&name) {
+            existing.check_access(conn)?;
+            let cur = existing.options();
+            let field = if cur.durable != options.durable {
+                Some(("durable", options.durable, cur.durable))
+            } else if cur.auto_delete != options.auto_delete {
+                Some(("auto_delete", options.auto_delete, cur.auto_delete))
+            } else if cur.exclusive != options.exclusive {
+                Some(("exclusive", options.exclusive, cur.exclusive))
+            } else {
+                None
+            };
+            if let Some((arg, received, current)) = field {
+                return Err(inequivalent(
+                    "queue", arg, &name, &self.name, received, current,
+                ));
+            }
+            for (key, value) in options.arguments.iter() {
+                if let Some(current) = cur.arguments.get(key)
+                    && !current.loosely_equals(value)
+                {
+                    return Err(inequivalent(
+                        "queue",
+                        key,
+                        &name,
+                        &self.name,
+                        show(value),
+                        show(current),
+                    ));
+                }
+            }
+            return Ok(declared(existing.clone()));
+        }
+        let owner = options.exclusive.then_some(conn);
+        let queue = Queue::new(self.name.clone(), name.clone(), options, owner);
+        queues.insert(name, queue.clone());
+        Ok(declared(queue))
+    }
+
+    /// queue.delete; returns the number of messages deleted. Deleting a queue
+    /// that does not exist succeeds with 0, as in RabbitMQ.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: ConnectionId,
+    ) -> CoreResult<u32> {
+        let Some(queue) = self.queues.read().get(name).cloned() else {
+            return Ok(0);
+        };
+        queue.check_access(conn)?;
+        queue.check_delete(if_unused, if_empty)?;
+        Ok(self.remove_queue(&queue) as u32)
+    }
+
+    /// Removes a queue regardless of preconditions (exclusive owner gone,
+    /// auto-delete); returns the ready messages it held.
+    pub fn remove_queue(&self, queue: &Arc<Queue>) -> usize {
+        {
+            let mut queues = self.queues.write();
+            match queues.get(queue.name()) {
+                Some(q) if Arc::ptr_eq(q, queue) => {
+                    queues.remove(queue.name());
+                }
+                _ => return 0,
+            }
+        }
+        let dest = Destination::Queue(queue.clone());
+        for exchange in self.exchanges() {
+            if exchange.unbind_destination(&dest) > 0 {
+                self.auto_delete_exchange(&exchange);
+            }
+        }
+        queue.mark_deleted()
+    }
+
+    /// Deletes every exclusive queue a closing connection owned.
+    pub fn connection_closed(&self, conn: ConnectionId) {
+        let owned: Vec<_> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.owner() == Some(conn))
+            .cloned()
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+
+    /// Removes a consumer, deleting an auto-delete queue left without consumers.
+    pub fn cancel_consumer(&self, queue: &Arc<Queue>, conn: ConnectionId, channel: u16, tag: &str) {
+        if queue.remove_consumer(conn, channel, tag) {
+            self.remove_queue(queue);
+        }
+    }
+
+    /// queue.bind.
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: Table,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        if exchange.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let q = self.queue(queue, conn)?;
+        let x = self.exchange(exchange)?;
+        x.bind(Binding {
+            destination: Destination::Queue(q),
+            key: key.to_string(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    /// queue.unbind (a missing binding is not an error, as in RabbitMQ).
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: Table,
+        conn: ConnectionId,
+    ) -> CoreResult<()> {
+        if exchange.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let q = self.queue(queue, conn)?;
+        let x = self.exchange(exchange)?;
+        if x.unbind(&Binding {
+            destination: Destination::Queue(q),
+            key: key.to_string(),
+            arguments,
+        }) {
+            self.auto_delete_exchange(&x);
+        }
+        Ok(())
+    }
+
+    /// exchange.bind: `destination` receives what `source` routes.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: Table,
+    ) -> CoreResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let d = self.exchange(destination)?;
+        let s = self.exchange(source)?;
+        s.bind(Binding {
+            destination: Destination::Exchange(d.name().into()),
+            key: key.to_string(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    /// exchange.unbind.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: Table,
+    ) -> CoreResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let d = self.exchange(destination)?;
+        let s = self.exchange(source)?;
+        if s.unbind(&Binding {
+            destination: Destination::Exchange(d.name().into()),
+            key: key.to_string(),
+            arguments,
+        }) {
+            self.auto_delete_exchange(&s);
+        }
+        Ok(())
+    }
+
+    /// Finds the queues a message published to `exchange` with `routing_key` reaches.
+    /// An internal exchange refuses direct publishes (403); it only receives through bindings.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &[u8],
+        properties: &Properties,
+        routed: &mut Routed,
+    ) -> CoreResult<()> {
+        if exchange.is_empty() {
+            if let Ok(name) = std::str::from_utf8(routing_key)
+                && let Some(q) = self.queues.read().get(name)
+            {
+                routed.queues.push(q.clone());
+            }
+            return Ok(());
+        }
+        let x = self.exchange(exchange)?;
+        if x.options().internal {
+            return Err(CoreError::AccessRefused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let mut pending = vec![x];
+        let mut visited: Vec<Arc<str>> = Vec::new();
+        while let Some(x) = pending.pop() {
+            if visited.len() >= MAX_EXCHANGE_HOPS {
+                break;
+            }
+            visited.push(x.name().into());
+            x.route(routing_key, properties, |d| match d {
+                Destination::Queue(q) => {
+                    if !routed.queues.iter().any(|r| Arc::ptr_eq(r, q)) {
+                        routed.queues.push(q.clone());
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if !visited.iter().any(|v| v == name)
+                        && let Some(next) = self.exchanges.read().get(name)
+                    {
+                        pending.push(next.clone());
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Routes and enqueues a message; returns how many queues took it.
+    pub fn publish(&self, message: Arc<Message>, routed: &mut Routed) -> CoreResult<usize> {
+        let exchange = std::str::from_utf8(&message.exchange)
+            .map_err(|_| self.no_exchange("<invalid utf-8>"))?;
+        self.route(exchange, &message.routing_key, &message.properties, routed)?;
+        for q in &routed.queues {
+            q.publish(message.clone());
+        }
+        Ok(routed.queues.len())
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::ShortStr(b) | Value::LongStr(b) => String::from_utf8_lossy(b).into_owned(),
+        other => other
+            .as_i64()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
+fn generated_suffix() -> String {
+    let id = uuid::Uuid::new_v4();
+    let mut s = String::with_capacity(22);
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let n = id.as_u128();
+    for i in 0..22 {
+        s.push(ALPHABET[((n >> (i * 6)) & 63) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn opts(kind: ExchangeKind) -> ExchangeOptions {
+        ExchangeOptions {
+            kind,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments: Table::default(),
+        }
+    }
+
+    fn publish(v: &VHost, exchange: &'static str, key: &'static str) -> Vec<String> {
+        let m = Message::new(
+            Bytes::from_static(exchange.as_bytes()),
+            Bytes::from_static(key.as_bytes()),
+            Properties::default(),
+            Bytes::new(),
+        );
+        let mut r = Routed::default();
+        v.publish(m, &mut r).unwrap();
+        let mut names: Vec<String> = r.queues.iter().map(|q| q.name().to_string()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn standard_exchanges_exist_and_amq_prefix_is_reserved() {
+        let v = VHost::new("/");
+        for name in [
+            "amq.direct",
+            "amq.fanout",
+            "amq.topic",
+            "amq.headers",
+            "amq.match",
+        ] {
+            assert!(v.declare_exchange(name, "direct", true, opts).is_ok());
+        }
+        assert!(matches!(
+            v.declare_exchange("amq.foo", "direct", false, opts),
+            Err(CoreError::AccessRefused(_))
+        ));
+        assert!(matches!(
+            v.declare_exchange("x", "nope", false, opts),
+            Err(CoreError::CommandInvalid(_))
+        ));
+        v.declare_exchange("x", "direct", false, opts).unwrap();
+        assert!(matches!(
+            v.declare_exchange("x", "fanout", false, opts),
+            Err(CoreError::PreconditionFailed(_))
+        ));
+    }
+
+    #[test]
+    fn exchange_to_exchange_with_cycle() {
+        let v = VHost::new("/");
+        v.declare_exchange("a", "fanout", false, opts).unwrap();
+        v.declare_exchange("b", "fanout", false, opts).unwrap();
+        v.declare_queue("q", false, QueueOptions::default(), 1)
+            .unwrap();
+        v.bind_exchange("b", "a", "", Table::default()).unwrap();
+        v.bind_exchange("a", "b", "", Table::default()).unwrap();
+        v.bind_queue("q", "b", "", Table::default(), 1).unwrap();
+        assert_eq!(publish(&v, "a", "k"), vec!["q"]);
+    }
+
+    #[test]
+    fn default_exchange_routes_by_queue_name() {
+        let v = VHost::new("/");
+        v.declare_queue("q1", false, QueueOptions::default(), 1)
+            .unwrap();
+        assert_eq!(publish(&v, "", "q1"), vec!["q1"]);
+        assert!(publish(&v, "", "nope").is_empty());
+    }
+
+    #[test]
+    fn exclusive_queue_is_locked_and_removed_with_owner() {
+        let v = VHost::new("/");
+        let o = QueueOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        let d = v.declare_queue("", false, o, 7).unwrap();
+        let name = d.queue.name().to_string();
+        assert!(name.starts_with("amq.gen-"));
+        assert!(matches!(
+            v.queue(&name, 8),
+            Err(CoreError::ResourceLocked(_))
+        ));
+        v.connection_closed(7);
+        assert!(matches!(v.queue(&name, 7), Err(CoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn auto_delete_exchange_goes_with_last_binding() {
+        let v = VHost::new("/");
+        v.declare_exchange("ad", "direct", false, |k| ExchangeOptions {
+            auto_delete: true,
+            ..opts(k)
+        })
+        .unwrap();
+        v.declare_queue("q", false, QueueOptions::default(), 1)
+            .unwrap();
+        v.bind_queue("q", "ad", "k", Table::default(), 1).unwrap();
+        v.unbind_queue("q", "ad", "k", Table::default(), 1).unwrap();
+        assert!(v.exchange("ad").is_err());
+    }
+}
