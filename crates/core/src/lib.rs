@@ -8,6 +8,7 @@ pub mod broker;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod naming;
 pub mod queue;
 pub mod topic;
 pub mod vhost;

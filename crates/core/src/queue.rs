@@ -42,8 +42,10 @@ pub trait ConsumerSink: Send + Sync {
     /// false means "not now", and the owner calls [`Queue::dispatch`] when
     /// credit comes back.
     fn try_reserve(&self) -> bool;
-    /// Takes a delivery for which credit was reserved. Must not block.
-    fn deliver(&self, delivery: Delivery);
+    /// Takes a delivery for which credit was reserved. Must not block. A sink
+    /// whose consumer is gone hands the delivery back; the queue then keeps the
+    /// message and drops the consumer.
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery>;
     /// The queue was deleted under the consumer; the protocol tells its client.
     fn cancelled(&self);
 }
@@ -213,13 +215,22 @@ impl Queue {
             st.ready_bytes -= entry.message.size();
             let consumer = &st.consumers[idx];
             let sink = consumer.sink.clone();
-            if !consumer.no_ack {
+            let counted = !consumer.no_ack;
+            if counted {
                 st.unacked += 1;
             }
-            sink.deliver(Delivery {
+            if let Err(back) = sink.deliver(Delivery {
                 queue: self.clone(),
                 entry,
-            });
+            }) {
+                if counted {
+                    st.unacked -= 1;
+                }
+                st.ready_bytes += back.entry.message.size();
+                st.ready.push_front(back.entry);
+                st.consumers.remove(idx);
+                st.cursor = 0;
+            }
         }
     }
 
@@ -378,8 +389,9 @@ mod tests {
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
                 .is_ok()
         }
-        fn deliver(&self, delivery: Delivery) {
+        fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
             self.got.lock().push(delivery);
+            Ok(())
         }
         fn cancelled(&self) {
             self.cancelled.fetch_add(1, Ordering::SeqCst);

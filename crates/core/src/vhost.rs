@@ -267,7 +267,7 @@ impl VHost {
             return Err(reserved("queue", name));
         }
         let name: Arc<str> = if name.is_empty() {
-            format!("amq.gen-{}", generated_suffix()).into()
+            crate::naming::unique_name("amq.gen-").into()
         } else {
             name.into()
         };
@@ -529,17 +529,6 @@ fn show(v: &Value) -> String {
             .map(|i| i.to_string())
             .unwrap_or_else(|| format!("{other:?}")),
     }
-}
-
-fn generated_suffix() -> String {
-    let id = uuid::Uuid::new_v4();
-    let mut s = String::with_capacity(22);
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let n = id.as_u128();
-    for i in 0..22 {
-        s.push(ALPHABET[((n >> (i * 6)) & 63) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]

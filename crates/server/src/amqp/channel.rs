@@ -1,0 +1,125 @@
+//! Per-channel state: consumers, unacknowledged deliveries, confirms, qos,
+//! and the transaction buffer.
+
+use super::consumer::{AmqpConsumer, ChannelCredit};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tributary_core::{Entry, Message, Queue};
+
+/// A delivery the client has not settled yet.
+pub struct Unacked {
+    /// Delivery tag on this channel.
+    pub tag: u64,
+    /// Where it came from.
+    pub queue: Arc<Queue>,
+    /// The message and its queue position.
+    pub entry: Entry,
+    /// The consumer whose credit it holds (None for basic.get).
+    pub consumer: Option<Arc<AmqpConsumer>>,
+}
+
+/// A consumer registered on the channel.
+pub struct ChannelConsumer {
+    /// The queue consumed from.
+    pub queue: Arc<Queue>,
+    /// The credit-holding consumer shared with the queue.
+    pub consumer: Arc<AmqpConsumer>,
+}
+
+/// Work a transaction holds until tx.commit.
+pub enum TxOp {
+    /// A routed publish: the message and the queues it reached.
+    Publish(Arc<Message>, Vec<Arc<Queue>>),
+    /// basic.ack / nack / reject of these tags, requeue or not.
+    Settle {
+        /// Tags in ascending order.
+        tags: Vec<u64>,
+        /// Settlement kind.
+        outcome: Outcome,
+    },
+}
+
+/// How the client settled a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed.
+    Ack,
+    /// Put it back.
+    Requeue,
+    /// Drop it.
+    Discard,
+}
+
+/// State of one open channel.
+#[derive(Default)]
+pub struct Channel {
+    /// Next delivery tag to hand out (first is 1).
+    pub last_delivery_tag: u64,
+    /// Unsettled deliveries in tag order.
+    pub unacked: VecDeque<Unacked>,
+    /// Consumers by tag.
+    pub consumers: HashMap<Arc<str>, ChannelConsumer>,
+    /// Shared credit (global prefetch, flow).
+    pub credit: Arc<ChannelCredit>,
+    /// basic.qos global=false: prefetch for consumers created from now on.
+    pub consumer_prefetch: u32,
+    /// In confirm mode, the last publish sequence number.
+    pub confirm_seq: Option<u64>,
+    /// Highest confirm not yet sent (coalesced into one multiple ack).
+    pub confirm_pending: Option<u64>,
+    /// In tx mode, the buffered operations.
+    pub tx: Option<Vec<TxOp>>,
+    /// Last queue declared on the channel (an empty queue name means it).
+    pub last_queue: Option<Arc<str>>,
+}
+
+impl Channel {
+    /// Takes the unacked deliveries a settle refers to: `tag` alone, or with
+    /// `multiple` every tag up to it (tag 0 + multiple = all). None when a tag
+    /// is unknown (406 for the caller).
+    pub fn take_unacked(&mut self, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+        if multiple {
+            if tag == 0 {
+                return Some(self.unacked.drain(..).collect());
+            }
+            let end = self.unacked.partition_point(|u| u.tag <= tag);
+            if end == 0 {
+                return None;
+            }
+            return Some(self.unacked.drain(..end).collect());
+        }
+        let at = self.unacked.binary_search_by_key(&tag, |u| u.tag).ok()?;
+        self.unacked.remove(at).map(|u| vec![u])
+    }
+
+    /// Checks a settle refers only to known tags, without taking them (tx mode).
+    pub fn knows(&self, tag: u64, multiple: bool) -> bool {
+        if multiple && tag == 0 {
+            return true;
+        }
+        if multiple {
+            return self.unacked.front().is_some_and(|u| u.tag <= tag);
+        }
+        self.unacked.binary_search_by_key(&tag, |u| u.tag).is_ok()
+    }
+}
+
+/// Settles deliveries: acks them, or requeues or drops them, and returns credit.
+pub fn settle(deliveries: Vec<Unacked>, outcome: Outcome) {
+    let mut requeue: Vec<(Arc<Queue>, Vec<Entry>)> = Vec::new();
+    for u in deliveries {
+        if let Some(c) = &u.consumer {
+            c.release();
+        }
+        match outcome {
+            Outcome::Requeue => match requeue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+                Some((_, v)) => v.push(u.entry),
+                None => requeue.push((u.queue, vec![u.entry])),
+            },
+            Outcome::Ack | Outcome::Discard => u.queue.settle(1),
+        }
+    }
+    for (q, entries) in requeue {
+        q.requeue(entries);
+    }
+}

@@ -1,0 +1,1009 @@
+//! One AMQP connection's broker-side logic: the events of the sans-IO
+//! connection machine turned into core operations, and core deliveries turned
+//! into frames. Owns the connection's channels; does no IO itself.
+
+use super::channel::{Channel, ChannelConsumer, Outcome, TxOp, Unacked, settle};
+use super::consumer::{AmqpConsumer, ConnectionCredit, Outbound, Sink};
+use super::props;
+use crate::users::{AuthError, UserDb};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use tokio::sync::mpsc::UnboundedSender;
+use tributary_amqp::reply;
+use tributary_amqp::{BasicProperties, Connection, Event, FieldValue, Method, ShortStr};
+use tributary_core::{
+    Broker, ConnectionId, CoreError, ExchangeOptions, Message, QueueOptions, Routed, VHost,
+};
+
+/// Maps a core refusal to its AMQP reply code and whether it closes the whole
+/// connection (hard error) or only the channel (soft error), as the spec says.
+fn reply_for(err: &CoreError) -> (u16, bool) {
+    match err {
+        CoreError::NotFound(_) => (reply::NOT_FOUND, false),
+        CoreError::AccessRefused(_) => (reply::ACCESS_REFUSED, false),
+        CoreError::ResourceLocked(_) => (reply::RESOURCE_LOCKED, false),
+        CoreError::PreconditionFailed(_) => (reply::PRECONDITION_FAILED, false),
+        CoreError::NotAllowed(_) => (reply::NOT_ALLOWED, true),
+        CoreError::CommandInvalid(_) => (reply::COMMAND_INVALID, true),
+        CoreError::NotImplemented(_) => (reply::NOT_IMPLEMENTED, true),
+        _ => (reply::INTERNAL_ERROR, true),
+    }
+}
+
+/// Whether the session goes on after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep driving.
+    Continue,
+    /// The connection is over: flush and drop the socket.
+    Closed,
+}
+
+/// Broker-side state of one AMQP connection.
+pub struct Session {
+    id: ConnectionId,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    users: Arc<UserDb>,
+    vhost: Option<Arc<VHost>>,
+    user: Option<String>,
+    channels: HashMap<u16, Channel>,
+    credit: Arc<ConnectionCredit>,
+    tx: UnboundedSender<Outbound>,
+    cancel_notify: bool,
+    routed: Routed,
+}
+
+fn method_ids(m: &Method) -> (u16, u16) {
+    (m.class_id(), m.method_id())
+}
+
+fn text(s: &ShortStr) -> &str {
+    s.as_str().unwrap_or("")
+}
+
+fn bool_arg(args: &tributary_amqp::FieldTable, key: &str) -> bool {
+    matches!(args.get(key), Some(FieldValue::Bool(true)))
+}
+
+impl Session {
+    /// A session for a freshly accepted socket.
+    pub fn new(
+        broker: Arc<Broker>,
+        users: Arc<UserDb>,
+        peer: SocketAddr,
+        tx: UnboundedSender<Outbound>,
+    ) -> Self {
+        Session {
+            id: broker.next_connection_id(),
+            peer,
+            broker,
+            users,
+            vhost: None,
+            user: None,
+            channels: HashMap::new(),
+            credit: Arc::new(ConnectionCredit::default()),
+            tx,
+            cancel_notify: false,
+            routed: Routed::default(),
+        }
+    }
+
+    /// Handles one event from the connection machine.
+    pub fn handle_event(&mut self, conn: &mut Connection, event: Event) -> Flow {
+        match event {
+            Event::Authenticate {
+                mechanism,
+                username,
+                password,
+            } => {
+                match self
+                    .users
+                    .authenticate(&username, &password, self.peer.ip())
+                {
+                    Ok(_) => {
+                        self.user = Some(username);
+                        conn.accept_auth();
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, user = %username, reason = %e, "AMQP login refused");
+                        let reason = match e {
+                            AuthError::LoopbackOnly => format!(
+                                "ACCESS_REFUSED - user '{username}' can only connect via localhost"
+                            ),
+                            AuthError::InvalidCredentials => format!(
+                                "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                                match mechanism {
+                                    tributary_amqp::Mechanism::Plain => "PLAIN",
+                                    tributary_amqp::Mechanism::AmqPlain => "AMQPLAIN",
+                                    _ => "unknown",
+                                }
+                            ),
+                        };
+                        conn.reject_auth(&reason);
+                    }
+                }
+                Flow::Continue
+            }
+            Event::Open { vhost } => {
+                match self.broker.vhost(&vhost) {
+                    Some(v) => {
+                        self.vhost = Some(v);
+                        self.cancel_notify = conn
+                            .client_properties()
+                            .and_then(|p| match p.get("capabilities") {
+                                Some(FieldValue::Table(t)) => {
+                                    Some(bool_arg(t, "consumer_cancel_notify"))
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or(false);
+                        conn.accept_open();
+                        tracing::info!(peer = %self.peer, user = self.user.as_deref().unwrap_or(""), vhost = %vhost, "AMQP connection opened");
+                    }
+                    None => conn.reject_open(
+                        reply::NOT_ALLOWED,
+                        &format!("NOT_ALLOWED - vhost {vhost} not found"),
+                    ),
+                }
+                Flow::Continue
+            }
+            Event::ChannelOpened { channel } => {
+                self.channels.insert(channel, Channel::default());
+                Flow::Continue
+            }
+            Event::ChannelClosed { channel } => {
+                self.drop_channel(channel);
+                Flow::Continue
+            }
+            Event::ChannelCloseOk { .. } => Flow::Continue,
+            Event::Method { channel, method } => {
+                self.handle_method(conn, channel, method);
+                Flow::Continue
+            }
+            Event::Publish {
+                channel,
+                exchange,
+                routing_key,
+                mandatory,
+                immediate,
+                properties,
+                body,
+            } => {
+                self.publish(
+                    conn,
+                    channel,
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    immediate,
+                    properties,
+                    body,
+                );
+                Flow::Continue
+            }
+            Event::Closed { reason } => {
+                tracing::info!(peer = %self.peer, ?reason, "AMQP connection closed");
+                self.close_all();
+                Flow::Closed
+            }
+            other => {
+                tracing::debug!(?other, "ignoring an AMQP event this broker does not handle");
+                Flow::Continue
+            }
+        }
+    }
+
+    fn vhost(&self) -> Arc<VHost> {
+        match &self.vhost {
+            Some(v) => v.clone(),
+            None => self.broker.vhost("/").unwrap_or_else(|| VHost::new("/")),
+        }
+    }
+
+    fn channel_error(
+        &mut self,
+        conn: &mut Connection,
+        channel: u16,
+        err: CoreError,
+        ids: (u16, u16),
+    ) {
+        let (code, hard) = reply_for(&err);
+        let text = err.to_string();
+        if hard {
+            self.connection_error(conn, code, &text, ids);
+        } else {
+            self.drop_channel(channel);
+            conn.close_channel(channel, code, &text, ids.0, ids.1);
+        }
+    }
+
+    fn connection_error(&mut self, conn: &mut Connection, code: u16, text: &str, ids: (u16, u16)) {
+        self.close_all();
+        conn.close(code, text, ids.0, ids.1);
+    }
+
+    /// Releases a channel's resources: cancels its consumers and requeues its
+    /// unacked deliveries (flagged redelivered), as RabbitMQ does.
+    fn drop_channel(&mut self, channel: u16) {
+        let Some(mut ch) = self.channels.remove(&channel) else {
+            return;
+        };
+        let vhost = self.vhost();
+        for (tag, c) in ch.consumers.drain() {
+            c.consumer.live.store(false, Ordering::Release);
+            vhost.cancel_consumer(&c.queue, self.id, channel, &tag);
+        }
+        let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
+        settle(unacked, Outcome::Requeue);
+    }
+
+    /// Releases everything the connection holds: channels, then exclusive queues.
+    pub fn close_all(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.drop_channel(id);
+        }
+        if let Some(v) = &self.vhost {
+            v.connection_closed(self.id);
+        }
+    }
+
+    /// Sends the coalesced publisher confirms (one basic.ack multiple per channel).
+    pub fn flush_confirms(&mut self, conn: &mut Connection) {
+        for (id, ch) in self.channels.iter_mut() {
+            if let Some(tag) = ch.confirm_pending.take() {
+                conn.send_method(
+                    *id,
+                    &Method::BasicAck {
+                        delivery_tag: tag,
+                        multiple: true,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Re-dispatches the queues this connection consumes from after its
+    /// pending-delivery backlog drained.
+    pub fn redispatch_if_starved(&mut self) {
+        if self.credit.pending.load(Ordering::Acquire)
+            < super::consumer::CONNECTION_PENDING_LIMIT / 2
+            && self.credit.starved.swap(false, Ordering::AcqRel)
+        {
+            self.redispatch_all();
+        }
+    }
+
+    fn redispatch_all(&self) {
+        for ch in self.channels.values() {
+            for c in ch.consumers.values() {
+                c.queue.dispatch();
+            }
+        }
+    }
+
+    fn redispatch_channel(&self, channel: u16) {
+        if let Some(ch) = self.channels.get(&channel) {
+            for c in ch.consumers.values() {
+                c.queue.dispatch();
+            }
+        }
+    }
+
+    /// Writes a delivery from a queue, or puts it back when its consumer is gone.
+    pub fn handle_outbound(&mut self, conn: &mut Connection, out: Outbound) {
+        match out {
+            Outbound::Deliver(consumer, delivery) => {
+                self.credit.pending.fetch_sub(1, Ordering::AcqRel);
+                let live = consumer.live.load(Ordering::Acquire)
+                    && self
+                        .channels
+                        .get(&consumer.channel)
+                        .and_then(|ch| ch.consumers.get(&consumer.tag))
+                        .is_some_and(|c| Arc::ptr_eq(&c.consumer, &consumer));
+                if !live || !conn.is_open() {
+                    if !consumer.no_ack {
+                        consumer.release();
+                        delivery.queue.requeue(vec![delivery.entry]);
+                    }
+                    return;
+                }
+                let Some(ch) = self.channels.get_mut(&consumer.channel) else {
+                    return;
+                };
+                ch.last_delivery_tag += 1;
+                let tag = ch.last_delivery_tag;
+                let m = &delivery.entry.message;
+                conn.send_content(
+                    consumer.channel,
+                    &Method::BasicDeliver {
+                        consumer_tag: ShortStr::from_bytes(Bytes::copy_from_slice(
+                            consumer.tag.as_bytes(),
+                        )),
+                        delivery_tag: tag,
+                        redelivered: delivery.entry.redelivered,
+                        exchange: ShortStr::from_bytes(m.exchange.clone()),
+                        routing_key: ShortStr::from_bytes(m.routing_key.clone()),
+                    },
+                    &props::to_wire(&m.properties),
+                    &m.body,
+                );
+                if !consumer.no_ack {
+                    ch.unacked.push_back(Unacked {
+                        tag,
+                        queue: delivery.queue,
+                        entry: delivery.entry,
+                        consumer: Some(consumer),
+                    });
+                }
+            }
+            Outbound::Cancelled(consumer) => {
+                let Some(ch) = self.channels.get_mut(&consumer.channel) else {
+                    return;
+                };
+                let known = ch
+                    .consumers
+                    .get(&consumer.tag)
+                    .is_some_and(|c| Arc::ptr_eq(&c.consumer, &consumer));
+                if known {
+                    ch.consumers.remove(&consumer.tag);
+                    consumer.live.store(false, Ordering::Release);
+                    if self.cancel_notify && conn.is_open() {
+                        conn.send_method(
+                            consumer.channel,
+                            &Method::BasicCancel {
+                                consumer_tag: ShortStr::from(&*consumer.tag),
+                                nowait: true,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        conn: &mut Connection,
+        channel: u16,
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        mandatory: bool,
+        immediate: bool,
+        properties: BasicProperties,
+        body: Bytes,
+    ) {
+        let ids = (60, 40);
+        if immediate {
+            self.connection_error(
+                conn,
+                reply::NOT_IMPLEMENTED,
+                "NOT_IMPLEMENTED - immediate=true",
+                ids,
+            );
+            return;
+        }
+        if let Some(uid) = &properties.user_id
+            && Some(uid.as_bytes()) != self.user.as_deref().map(str::as_bytes)
+        {
+            let err = CoreError::PreconditionFailed(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                String::from_utf8_lossy(uid.as_bytes()),
+                self.user.as_deref().unwrap_or("")
+            ));
+            self.channel_error(conn, channel, err, ids);
+            return;
+        }
+        if let Some(exp) = &properties.expiration
+            && exp.as_str().and_then(|s| s.parse::<u64>().ok()).is_none()
+        {
+            let err = CoreError::PreconditionFailed(format!(
+                "invalid expiration '{}': {{error,no_integer}}",
+                String::from_utf8_lossy(exp.as_bytes())
+            ));
+            self.channel_error(conn, channel, err, ids);
+            return;
+        }
+        let vhost = self.vhost();
+        let exchange_bytes = exchange.into_bytes();
+        let message = Message::new(
+            exchange_bytes.clone(),
+            routing_key.into_bytes(),
+            props::to_core(properties),
+            body,
+        );
+        let mut routed = std::mem::take(&mut self.routed);
+        routed.queues.clear();
+        let exchange_name = std::str::from_utf8(&exchange_bytes).unwrap_or("\u{fffd}");
+        let result = vhost.route(
+            exchange_name,
+            &message.routing_key,
+            &message.properties,
+            &mut routed,
+        );
+        let in_tx = self.channels.get(&channel).is_some_and(|c| c.tx.is_some());
+        match result {
+            Err(e) => self.channel_error(conn, channel, e, ids),
+            Ok(()) => {
+                if routed.queues.is_empty() && mandatory {
+                    conn.send_content(
+                        channel,
+                        &Method::BasicReturn {
+                            reply_code: reply::NO_ROUTE,
+                            reply_text: ShortStr::from_static("NO_ROUTE"),
+                            exchange: ShortStr::from_bytes(message.exchange.clone()),
+                            routing_key: ShortStr::from_bytes(message.routing_key.clone()),
+                        },
+                        &props::to_wire(&message.properties),
+                        &message.body,
+                    );
+                }
+                if in_tx {
+                    if let Some(tx) = self.channels.get_mut(&channel).and_then(|c| c.tx.as_mut()) {
+                        tx.push(TxOp::Publish(message, routed.queues.clone()));
+                    }
+                } else {
+                    for q in &routed.queues {
+                        q.publish(message.clone());
+                    }
+                }
+                if let Some(ch) = self.channels.get_mut(&channel)
+                    && let Some(seq) = ch.confirm_seq.as_mut()
+                {
+                    *seq += 1;
+                    ch.confirm_pending = Some(*seq);
+                }
+            }
+        }
+        routed.queues.clear();
+        self.routed = routed;
+    }
+
+    fn handle_method(&mut self, conn: &mut Connection, channel: u16, method: Method) {
+        let ids = method_ids(&method);
+        if let Err(e) = self.try_method(conn, channel, method) {
+            self.channel_error(conn, channel, e, ids);
+        }
+    }
+
+    fn queue_name(&self, channel: u16, name: &ShortStr) -> Result<String, CoreError> {
+        let n = text(name);
+        if !n.is_empty() {
+            return Ok(n.to_string());
+        }
+        self.channels
+            .get(&channel)
+            .and_then(|c| c.last_queue.as_deref())
+            .map(str::to_string)
+            .ok_or_else(|| CoreError::NotFound("no previously declared queue".into()))
+    }
+
+    fn try_method(
+        &mut self,
+        conn: &mut Connection,
+        channel: u16,
+        method: Method,
+    ) -> Result<(), CoreError> {
+        let vhost = self.vhost();
+        let id = self.id;
+        match method {
+            Method::ChannelFlow { active } => {
+                if let Some(ch) = self.channels.get(&channel) {
+                    ch.credit.active.store(active, Ordering::Release);
+                }
+                conn.send_method(channel, &Method::ChannelFlowOk { active });
+                if active {
+                    self.redispatch_channel(channel);
+                }
+            }
+            Method::ChannelFlowOk { .. } => {}
+            Method::ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                nowait,
+                arguments,
+                ..
+            } => {
+                vhost.declare_exchange(text(&exchange), text(&kind), passive, |kind| {
+                    ExchangeOptions {
+                        kind,
+                        durable,
+                        auto_delete,
+                        internal,
+                        arguments: props::table_to_core(arguments),
+                    }
+                })?;
+                if !nowait {
+                    conn.send_method(channel, &Method::ExchangeDeclareOk);
+                }
+            }
+            Method::ExchangeDelete {
+                exchange,
+                if_unused,
+                nowait,
+                ..
+            } => {
+                vhost.delete_exchange(text(&exchange), if_unused)?;
+                if !nowait {
+                    conn.send_method(channel, &Method::ExchangeDeleteOk);
+                }
+            }
+            Method::ExchangeBind {
+                destination,
+                source,
+                routing_key,
+                nowait,
+                arguments,
+                ..
+            } => {
+                vhost.bind_exchange(
+                    text(&destination),
+                    text(&source),
+                    text(&routing_key),
+                    props::table_to_core(arguments),
+                )?;
+                if !nowait {
+                    conn.send_method(channel, &Method::ExchangeBindOk);
+                }
+            }
+            Method::ExchangeUnbind {
+                destination,
+                source,
+                routing_key,
+                nowait,
+                arguments,
+                ..
+            } => {
+                vhost.unbind_exchange(
+                    text(&destination),
+                    text(&source),
+                    text(&routing_key),
+                    props::table_to_core(arguments),
+                )?;
+                if !nowait {
+                    conn.send_method(channel, &Method::ExchangeUnbindOk);
+                }
+            }
+            Method::QueueDeclare {
+                queue,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                nowait,
+                arguments,
+                ..
+            } => {
+                let options = QueueOptions {
+                    durable,
+                    exclusive,
+                    auto_delete,
+                    arguments: props::table_to_core(arguments),
+                };
+                let name = if passive {
+                    self.queue_name(channel, &queue)?
+                } else {
+                    text(&queue).to_string()
+                };
+                let d = vhost.declare_queue(&name, passive, options, id)?;
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.last_queue = Some(d.queue.name_arc().clone());
+                }
+                if !nowait {
+                    conn.send_method(
+                        channel,
+                        &Method::QueueDeclareOk {
+                            queue: ShortStr::from(d.queue.name()),
+                            message_count: d.message_count,
+                            consumer_count: d.consumer_count,
+                        },
+                    );
+                }
+            }
+            Method::QueueBind {
+                queue,
+                exchange,
+                routing_key,
+                nowait,
+                arguments,
+                ..
+            } => {
+                let q = self.queue_name(channel, &queue)?;
+                vhost.bind_queue(
+                    &q,
+                    text(&exchange),
+                    text(&routing_key),
+                    props::table_to_core(arguments),
+                    id,
+                )?;
+                if !nowait {
+                    conn.send_method(channel, &Method::QueueBindOk);
+                }
+            }
+            Method::QueueUnbind {
+                queue,
+                exchange,
+                routing_key,
+                arguments,
+                ..
+            } => {
+                let q = self.queue_name(channel, &queue)?;
+                vhost.unbind_queue(
+                    &q,
+                    text(&exchange),
+                    text(&routing_key),
+                    props::table_to_core(arguments),
+                    id,
+                )?;
+                conn.send_method(channel, &Method::QueueUnbindOk);
+            }
+            Method::QueuePurge { queue, nowait, .. } => {
+                let q = vhost.queue(&self.queue_name(channel, &queue)?, id)?;
+                let n = q.purge();
+                if !nowait {
+                    conn.send_method(
+                        channel,
+                        &Method::QueuePurgeOk {
+                            message_count: n as u32,
+                        },
+                    );
+                }
+            }
+            Method::QueueDelete {
+                queue,
+                if_unused,
+                if_empty,
+                nowait,
+                ..
+            } => {
+                let name = self.queue_name(channel, &queue)?;
+                let n = vhost.delete_queue(&name, if_unused, if_empty, id)?;
+                if !nowait {
+                    conn.send_method(channel, &Method::QueueDeleteOk { message_count: n });
+                }
+            }
+            Method::BasicQos {
+                prefetch_size,
+                prefetch_count,
+                global,
+            } => {
+                if prefetch_size != 0 {
+                    return Err(CoreError::NotImplemented(format!(
+                        "prefetch_size!=0 ({prefetch_size})"
+                    )));
+                }
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    if global {
+                        ch.credit
+                            .prefetch
+                            .store(prefetch_count as u32, Ordering::Release);
+                    } else {
+                        ch.consumer_prefetch = prefetch_count as u32;
+                    }
+                }
+                conn.send_method(channel, &Method::BasicQosOk);
+                self.redispatch_channel(channel);
+            }
+            Method::BasicConsume {
+                queue,
+                consumer_tag,
+                no_ack,
+                exclusive,
+                nowait,
+                ..
+            } => self.consume(
+                conn,
+                channel,
+                &vhost,
+                queue,
+                consumer_tag,
+                no_ack,
+                exclusive,
+                nowait,
+            )?,
+            Method::BasicCancel {
+                consumer_tag,
+                nowait,
+            } => {
+                let tag = text(&consumer_tag).to_string();
+                if let Some(c) = self
+                    .channels
+                    .get_mut(&channel)
+                    .and_then(|ch| ch.consumers.remove(tag.as_str()))
+                {
+                    c.consumer.live.store(false, Ordering::Release);
+                    vhost.cancel_consumer(&c.queue, id, channel, &tag);
+                }
+                if !nowait {
+                    conn.send_method(channel, &Method::BasicCancelOk { consumer_tag });
+                }
+            }
+            Method::BasicGet { queue, no_ack, .. } => {
+                let q = vhost.queue(&self.queue_name(channel, &queue)?, id)?;
+                match q.get(no_ack) {
+                    None => conn.send_method(
+                        channel,
+                        &Method::BasicGetEmpty {
+                            cluster_id: ShortStr::default(),
+                        },
+                    ),
+                    Some((entry, left)) => {
+                        let Some(ch) = self.channels.get_mut(&channel) else {
+                            return Ok(());
+                        };
+                        ch.last_delivery_tag += 1;
+                        let tag = ch.last_delivery_tag;
+                        let m = &entry.message;
+                        conn.send_content(
+                            channel,
+                            &Method::BasicGetOk {
+                                delivery_tag: tag,
+                                redelivered: entry.redelivered,
+                                exchange: ShortStr::from_bytes(m.exchange.clone()),
+                                routing_key: ShortStr::from_bytes(m.routing_key.clone()),
+                                message_count: left as u32,
+                            },
+                            &props::to_wire(&m.properties),
+                            &m.body,
+                        );
+                        if !no_ack {
+                            ch.unacked.push_back(Unacked {
+                                tag,
+                                queue: q,
+                                entry,
+                                consumer: None,
+                            });
+                        }
+                    }
+                }
+            }
+            Method::BasicAck {
+                delivery_tag,
+                multiple,
+            } => self.settle(channel, delivery_tag, multiple, Outcome::Ack)?,
+            Method::BasicNack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => self.settle(
+                channel,
+                delivery_tag,
+                multiple,
+                if requeue {
+                    Outcome::Requeue
+                } else {
+                    Outcome::Discard
+                },
+            )?,
+            Method::BasicReject {
+                delivery_tag,
+                requeue,
+            } => self.settle(
+                channel,
+                delivery_tag,
+                false,
+                if requeue {
+                    Outcome::Requeue
+                } else {
+                    Outcome::Discard
+                },
+            )?,
+            Method::BasicRecover { .. } | Method::BasicRecoverAsync { .. } => {
+                let async_variant = matches!(method, Method::BasicRecoverAsync { .. });
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    let all: Vec<Unacked> = ch.unacked.drain(..).collect();
+                    settle(all, Outcome::Requeue);
+                }
+                if !async_variant {
+                    conn.send_method(channel, &Method::BasicRecoverOk);
+                }
+            }
+            Method::ConfirmSelect { nowait } => {
+                let Some(ch) = self.channels.get_mut(&channel) else {
+                    return Ok(());
+                };
+                if ch.tx.is_some() {
+                    return Err(CoreError::PreconditionFailed(
+                        "cannot switch from tx to confirm mode".into(),
+                    ));
+                }
+                ch.confirm_seq.get_or_insert(0);
+                if !nowait {
+                    conn.send_method(channel, &Method::ConfirmSelectOk);
+                }
+            }
+            Method::TxSelect => {
+                let Some(ch) = self.channels.get_mut(&channel) else {
+                    return Ok(());
+                };
+                if ch.confirm_seq.is_some() {
+                    return Err(CoreError::PreconditionFailed(
+                        "cannot switch from confirm to tx mode".into(),
+                    ));
+                }
+                ch.tx.get_or_insert_with(Vec::new);
+                conn.send_method(channel, &Method::TxSelectOk);
+            }
+            Method::TxCommit => {
+                let ops = match self.channels.get_mut(&channel).and_then(|c| c.tx.as_mut()) {
+                    Some(tx) => std::mem::take(tx),
+                    None => {
+                        return Err(CoreError::PreconditionFailed(
+                            "channel is not transactional".into(),
+                        ));
+                    }
+                };
+                for op in ops {
+                    match op {
+                        TxOp::Publish(message, queues) => {
+                            for q in queues {
+                                q.publish(message.clone());
+                            }
+                        }
+                        TxOp::Settle { tags, outcome } => {
+                            let Some(ch) = self.channels.get_mut(&channel) else {
+                                break;
+                            };
+                            let mut taken = Vec::new();
+                            for t in tags {
+                                if let Some(mut u) = ch.take_unacked(t, false) {
+                                    taken.append(&mut u);
+                                }
+                            }
+                            settle(taken, outcome);
+                        }
+                    }
+                }
+                conn.send_method(channel, &Method::TxCommitOk);
+                self.redispatch_channel(channel);
+            }
+            Method::TxRollback => {
+                match self.channels.get_mut(&channel).and_then(|c| c.tx.as_mut()) {
+                    Some(tx) => tx.clear(),
+                    None => {
+                        return Err(CoreError::PreconditionFailed(
+                            "channel is not transactional".into(),
+                        ));
+                    }
+                }
+                conn.send_method(channel, &Method::TxRollbackOk);
+            }
+            other => {
+                let (class_id, method_id) = method_ids(&other);
+                self.connection_error(
+                    conn,
+                    reply::COMMAND_INVALID,
+                    &format!(
+                        "COMMAND_INVALID - unexpected method {class_id}.{method_id} from the client"
+                    ),
+                    (class_id, method_id),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn consume(
+        &mut self,
+        conn: &mut Connection,
+        channel: u16,
+        vhost: &Arc<VHost>,
+        queue: ShortStr,
+        consumer_tag: ShortStr,
+        no_ack: bool,
+        exclusive: bool,
+        nowait: bool,
+    ) -> Result<(), CoreError> {
+        let q = vhost.queue(&self.queue_name(channel, &queue)?, self.id)?;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let tag: Arc<str> = if consumer_tag.is_empty() {
+            tributary_core::naming::unique_name("amq.ctag-").into()
+        } else {
+            text(&consumer_tag).into()
+        };
+        if ch.consumers.contains_key(&tag) {
+            let text = format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'");
+            self.connection_error(conn, reply::NOT_ALLOWED, &text, (60, 20));
+            return Ok(());
+        }
+        let consumer = Arc::new(AmqpConsumer {
+            channel,
+            tag: tag.clone(),
+            no_ack,
+            prefetch: ch.consumer_prefetch,
+            unacked: AtomicU32::new(0),
+            channel_credit: ch.credit.clone(),
+            connection: self.credit.clone(),
+            tx: self.tx.clone(),
+            live: AtomicBool::new(true),
+        });
+        ch.consumers.insert(
+            tag.clone(),
+            ChannelConsumer {
+                queue: q.clone(),
+                consumer: consumer.clone(),
+            },
+        );
+        if !nowait {
+            conn.send_method(
+                channel,
+                &Method::BasicConsumeOk {
+                    consumer_tag: ShortStr::from(&*tag),
+                },
+            );
+        }
+        if let Err(e) = q.add_consumer(
+            tag.clone(),
+            self.id,
+            channel,
+            exclusive,
+            no_ack,
+            Arc::new(Sink(consumer)),
+        ) {
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.consumers.remove(&tag);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        channel: u16,
+        tag: u64,
+        multiple: bool,
+        outcome: Outcome,
+    ) -> Result<(), CoreError> {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        let unknown = || CoreError::PreconditionFailed(format!("unknown delivery tag {tag}"));
+        if let Some(tx) = ch.tx.as_ref() {
+            if !ch.knows(tag, multiple) {
+                return Err(unknown());
+            }
+            let mut tags: Vec<u64> = if multiple {
+                ch.unacked
+                    .iter()
+                    .map(|u| u.tag)
+                    .filter(|t| tag == 0 || *t <= tag)
+                    .collect()
+            } else {
+                vec![tag]
+            };
+            let already: Vec<u64> = tx
+                .iter()
+                .filter_map(|op| match op {
+                    TxOp::Settle { tags, .. } => Some(tags.clone()),
+                    TxOp::Publish(..) => None,
+                })
+                .flatten()
+                .collect();
+            if !multiple && already.contains(&tag) {
+                return Err(unknown());
+            }
+            tags.retain(|t| !already.contains(t));
+            if let Some(tx) = ch.tx.as_mut() {
+                tx.push(TxOp::Settle { tags, outcome });
+            }
+            return Ok(());
+        }
+        let taken = ch.take_unacked(tag, multiple).ok_or_else(unknown)?;
+        settle(taken, outcome);
+        self.redispatch_channel(channel);
+        Ok(())
+    }
+}

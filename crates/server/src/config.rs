@@ -1,0 +1,248 @@
+//! The broker's configuration: one TOML file in which every key has a default.
+//!
+//! Unknown keys and bad values are refused with an error that names the key,
+//! so that a typo never silently falls back to a default.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where each protocol listens.
+    pub listeners: Listeners,
+    /// AMQP 0-9-1 negotiation limits.
+    pub amqp: AmqpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Authentication policy.
+    pub auth: AuthConfig,
+    /// Data directory (the `--data-dir` flag overrides it).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Listener addresses; port 0 picks a free port (the chosen one is logged).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listeners {
+    /// AMQP 0-9-1 over TCP (RabbitMQ's default: 5672). Empty string disables it.
+    pub amqp: String,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            amqp: "127.0.0.1:5672".into(),
+        }
+    }
+}
+
+/// AMQP limits offered in connection.tune, RabbitMQ's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Heartbeat interval the server proposes, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest frame the server accepts, in bytes (at least 4096).
+    pub frame_max: u32,
+    /// Highest channel number a client may open.
+    pub channel_max: u16,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+    /// Seconds a client has to finish the handshake.
+    pub handshake_timeout: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            heartbeat: 60,
+            frame_max: 131_072,
+            channel_max: 2047,
+            max_message_size: 128 * 1024 * 1024,
+            handshake_timeout: 10,
+        }
+    }
+}
+
+/// Logging configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `tributary=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Authentication policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Users that may only log in from a loopback address (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+    /// Whether to create `guest`/`guest` when the user database is first made.
+    pub create_guest: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            loopback_users: vec!["guest".into()],
+            create_guest: true,
+        }
+    }
+}
+
+/// A configuration problem, naming the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// toml's message, which names the key and position.
+        message: String,
+    },
+    /// A value of the right type that is out of range.
+    #[error("invalid config file {path}: key `{key}`: {message}")]
+    Value {
+        /// File.
+        path: PathBuf,
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text (`path` is only used in messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: String| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if !self.listeners.amqp.is_empty() && self.listeners.amqp.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "listeners.amqp",
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:5672",
+                    self.listeners.amqp
+                ),
+            ));
+        }
+        if self.amqp.frame_max < 4096 {
+            return Err(bad(
+                "amqp.frame_max",
+                format!("{} is below the AMQP minimum of 4096", self.amqp.frame_max),
+            ));
+        }
+        if self.amqp.channel_max == 0 {
+            return Err(bad("amqp.channel_max", "must be at least 1".into()));
+        }
+        if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
+            return Err(bad(
+                "amqp.max_message_size",
+                "must be between 1 byte and 512 MiB".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(bad("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The AMQP listener address, if enabled.
+    pub fn amqp_addr(&self) -> Option<SocketAddr> {
+        self.listeners.amqp.parse().ok()
+    }
+}
+
+/// The default data directory: `$TRIBUTARY_DATA_DIR`, else
+/// `$XDG_DATA_HOME/tributary`, else `~/.local/share/tributary`, else `./tributary-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_DATA_DIR") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("tributary");
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        return PathBuf::from(home).join(".local/share/tributary");
+    }
+    PathBuf::from("tributary-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listeners.amqp, "127.0.0.1:5672");
+        assert_eq!(c.amqp.frame_max, 131_072);
+        assert_eq!(c.auth.loopback_users, vec!["guest".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[amqp]\nhartbeat = 3\n").unwrap_err().to_string();
+        assert!(e.contains("hartbeat"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("[amqp]\nframe_max = 100\n").unwrap_err().to_string();
+        assert!(e.contains("amqp.frame_max"), "{e}");
+        let e = parse("[listeners]\namqp = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listeners.amqp"), "{e}");
+        let e = parse("[amqp]\nheartbeat = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("heartbeat"), "{e}");
+    }
+}

@@ -1,0 +1,110 @@
+//! `tributary serve`: binds the listeners, accepts connections and shuts down
+//! cleanly on SIGINT/SIGTERM (stop accepting, close connections with 320
+//! CONNECTION_FORCED, wait for them to finish).
+
+use crate::amqp::driver::{self, AmqpContext};
+use crate::config::Config;
+use crate::users::{UserAdmin, UserDb};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tributary_amqp::ConnectionConfig;
+use tributary_core::Broker;
+
+/// How long shutdown waits for connections to finish their close handshake.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the broker until a shutdown signal.
+pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let admin = UserAdmin::open(&data_dir)?;
+    admin.ensure_initialised(config.auth.create_guest)?;
+    let users = Arc::new(UserDb::open(&data_dir, config.auth.loopback_users.clone())?);
+    let broker = Broker::new();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tracing::info!(data_dir = %data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting Tributary");
+
+    if let Some(addr) = config.amqp_addr() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for AMQP on {addr} (listeners.amqp)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening protocol=amqp addr={local}");
+        let ctx = Arc::new(AmqpContext {
+            broker: broker.clone(),
+            users: users.clone(),
+            config: ConnectionConfig {
+                channel_max: config.amqp.channel_max,
+                frame_max: config.amqp.frame_max,
+                heartbeat: config.amqp.heartbeat,
+                handshake_timeout: Duration::from_secs(config.amqp.handshake_timeout),
+                max_message_size: config.amqp.max_message_size,
+                ..ConnectionConfig::default()
+            },
+            shutdown: shutdown.clone(),
+        });
+        tracker.spawn(accept_loop(
+            listener,
+            ctx,
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<AmqpContext>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tracker.spawn(driver::run(stream, peer, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

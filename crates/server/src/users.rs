@@ -1,0 +1,369 @@
+//! The user database shared by every protocol.
+//!
+//! Users live in `users.json` in the data directory, with passwords hashed by
+//! Argon2id (never stored in plain text). The broker re-reads the file when it
+//! changes, so `tributary user add` takes effect on a running broker at once.
+//! Successful checks are cached briefly, since one Argon2id check costs
+//! milliseconds and some clients reconnect in tight loops.
+
+use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+const FILE_NAME: &str = "users.json";
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// One account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Management tags (administrator, monitoring, management, ...).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UserFile {
+    format_version: u32,
+    users: Vec<User>,
+}
+
+/// Why a user operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Reading or writing the file failed.
+    #[error("user database {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON of the expected shape.
+    #[error("user database {path} is corrupt: {message}")]
+    Corrupt {
+        /// File.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// `user add` for an existing name.
+    #[error("user '{0}' already exists")]
+    Exists(String),
+    /// The named user does not exist.
+    #[error("user '{0}' does not exist")]
+    Missing(String),
+    /// Hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Why a login was refused (the detail is logged, never sent to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user or wrong password.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// A loopback-only user connected from elsewhere.
+    #[error("user can only log in via localhost")]
+    LoopbackOnly,
+}
+
+/// The live user database.
+pub struct UserDb {
+    path: PathBuf,
+    loopback_users: Vec<String>,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    modified: Option<SystemTime>,
+    users: HashMap<String, User>,
+    verified: HashMap<(String, String), Instant>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UserError + '_ {
+    move |source| UserError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Hashes a password with Argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, UserError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+fn read_file(path: &Path) -> Result<UserFile, UserError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| UserError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UserFile::default()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn write_file(path: &Path, file: &UserFile) -> Result<(), UserError> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(file).map_err(|e| UserError::Hash(e.to_string()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Edits the user file (the CLI's path; the broker picks changes up).
+pub struct UserAdmin {
+    path: PathBuf,
+}
+
+impl UserAdmin {
+    /// Opens the database in `data_dir`, creating the directory if needed.
+    pub fn open(data_dir: &Path) -> Result<Self, UserError> {
+        std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
+        Ok(UserAdmin {
+            path: data_dir.join(FILE_NAME),
+        })
+    }
+
+    /// Creates the file with `guest`/`guest` if it does not exist yet.
+    pub fn ensure_initialised(&self, create_guest: bool) -> Result<(), UserError> {
+        if self.path.exists() {
+            return Ok(());
+        }
+        let mut file = UserFile {
+            format_version: 1,
+            users: Vec::new(),
+        };
+        if create_guest {
+            file.users.push(User {
+                name: "guest".into(),
+                password_hash: hash_password("guest")?,
+                tags: vec!["administrator".into()],
+            });
+        }
+        write_file(&self.path, &file)
+    }
+
+    fn edit(
+        &self,
+        f: impl FnOnce(&mut Vec<User>) -> Result<(), UserError>,
+    ) -> Result<(), UserError> {
+        let mut file = read_file(&self.path)?;
+        file.format_version = 1;
+        f(&mut file.users)?;
+        write_file(&self.path, &file)
+    }
+
+    /// Adds a user.
+    pub fn add(&self, name: &str, password: &str, tags: Vec<String>) -> Result<(), UserError> {
+        let hash = hash_password(password)?;
+        self.edit(|users| {
+            if users.iter().any(|u| u.name == name) {
+                return Err(UserError::Exists(name.into()));
+            }
+            users.push(User {
+                name: name.into(),
+                password_hash: hash,
+                tags,
+            });
+            Ok(())
+        })
+    }
+
+    /// Deletes a user.
+    pub fn delete(&self, name: &str) -> Result<(), UserError> {
+        self.edit(|users| {
+            let before = users.len();
+            users.retain(|u| u.name != name);
+            if users.len() == before {
+                return Err(UserError::Missing(name.into()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Changes a password.
+    pub fn passwd(&self, name: &str, password: &str) -> Result<(), UserError> {
+        let hash = hash_password(password)?;
+        self.edit(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::Missing(name.into()))?;
+            user.password_hash = hash;
+            Ok(())
+        })
+    }
+
+    /// Lists users.
+    pub fn list(&self) -> Result<Vec<User>, UserError> {
+        Ok(read_file(&self.path)?.users)
+    }
+}
+
+impl UserDb {
+    /// Opens the broker's view of the database.
+    pub fn open(data_dir: &Path, loopback_users: Vec<String>) -> Result<Self, UserError> {
+        let db = UserDb {
+            path: data_dir.join(FILE_NAME),
+            loopback_users,
+            state: Mutex::new(Loaded::default()),
+        };
+        db.reload_if_changed()?;
+        Ok(db)
+    }
+
+    fn reload_if_changed(&self) -> Result<(), UserError> {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut st = self.state.lock();
+        if modified.is_some() && st.modified == modified {
+            return Ok(());
+        }
+        let file = read_file(&self.path)?;
+        st.users = file
+            .users
+            .into_iter()
+            .map(|u| (u.name.clone(), u))
+            .collect();
+        st.modified = modified;
+        st.verified.clear();
+        Ok(())
+    }
+
+    /// Checks a login; `peer` enforces loopback-only users.
+    pub fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<User, AuthError> {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        let user = {
+            let mut st = self.state.lock();
+            let user = st
+                .users
+                .get(name)
+                .cloned()
+                .ok_or(AuthError::InvalidCredentials)?;
+            let key = (name.to_string(), password.to_string());
+            if st
+                .verified
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < CACHE_TTL)
+            {
+                return self.check_peer(user, peer);
+            }
+            st.verified.remove(&key);
+            user
+        };
+        let parsed =
+            PasswordHash::new(&user.password_hash).map_err(|_| AuthError::InvalidCredentials)?;
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .map_err(|_| AuthError::InvalidCredentials)?;
+        let mut st = self.state.lock();
+        if st.verified.len() > 10_000 {
+            st.verified.clear();
+        }
+        st.verified
+            .insert((name.to_string(), password.to_string()), Instant::now());
+        drop(st);
+        self.check_peer(user, peer)
+    }
+
+    fn check_peer(&self, user: User, peer: IpAddr) -> Result<User, AuthError> {
+        let loopback = match peer {
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+            IpAddr::V4(v4) => v4.is_loopback(),
+        };
+        if !loopback && self.loopback_users.iter().any(|u| *u == user.name) {
+            return Err(AuthError::LoopbackOnly);
+        }
+        Ok(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_is_loopback_only_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = UserAdmin::open(dir.path()).unwrap();
+        admin.ensure_initialised(true).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(text.contains("$argon2id$"));
+        assert!(!text.contains("\"guest\"\n") && !text.contains(":\"guest\""));
+        let db = UserDb::open(dir.path(), vec!["guest".into()]).unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(db.authenticate("guest", "guest", lo).is_ok());
+        assert_eq!(
+            db.authenticate("guest", "guest", remote),
+            Err(AuthError::LoopbackOnly)
+        );
+        assert_eq!(
+            db.authenticate("guest", "nope", lo),
+            Err(AuthError::InvalidCredentials)
+        );
+        assert_eq!(
+            db.authenticate("ghost", "guest", lo),
+            Err(AuthError::InvalidCredentials)
+        );
+    }
+
+    #[test]
+    fn cli_edits_are_seen_by_a_running_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = UserAdmin::open(dir.path()).unwrap();
+        admin.ensure_initialised(false).unwrap();
+        let db = UserDb::open(dir.path(), vec![]).unwrap();
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(db.authenticate("alice", "s3cret", peer).is_err());
+        admin.add("alice", "s3cret", vec![]).unwrap();
+        // Filesystems with coarse mtimes could hide the change; force a reload.
+        db.state.lock().modified = None;
+        assert!(db.authenticate("alice", "s3cret", peer).is_ok());
+        assert!(matches!(
+            admin.add("alice", "x", vec![]),
+            Err(UserError::Exists(_))
+        ));
+        admin.passwd("alice", "other").unwrap();
+        db.state.lock().modified = None;
+        assert!(db.authenticate("alice", "s3cret", peer).is_err());
+        admin.delete("alice").unwrap();
+        assert!(matches!(admin.delete("alice"), Err(UserError::Missing(_))));
+    }
+}
