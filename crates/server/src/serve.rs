@@ -20,6 +20,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the broker until a shutdown signal.
 pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    // Install the handlers before anything is announced, so a signal sent as
+    // soon as the listening line appears is never lost to the default action.
+    let signals = Signals::install()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let admin = UserAdmin::open(&data_dir)?;
@@ -57,7 +60,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: closing connections");
     shutdown.cancel();
     tracker.close();
@@ -93,18 +96,25 @@ async fn accept_loop(
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install SIGTERM handler");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, registered once at start-up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
