@@ -14,7 +14,11 @@ pub(crate) struct Reader {
 
 impl Reader {
     pub(crate) fn new(buf: Bytes) -> Self {
-        Reader { buf, bits: 0, bit_n: 0 }
+        Reader {
+            buf,
+            bits: 0,
+            bit_n: 0,
+        }
     }
 
     pub(crate) fn remaining(&self) -> usize {
@@ -22,7 +26,11 @@ impl Reader {
     }
 
     fn need(&self, n: usize) -> Result<(), DecodeError> {
-        if self.buf.len() < n { Err(DecodeError::Truncated) } else { Ok(()) }
+        if self.buf.len() < n {
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(())
+        }
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
@@ -78,7 +86,11 @@ impl Reader {
     }
 
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes(self.buf.len())) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.buf.len()))
+        }
     }
 }
 
@@ -91,7 +103,11 @@ pub(crate) struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     pub(crate) fn new(out: &'a mut BytesMut) -> Self {
-        Writer { out, bit_at: 0, bit_n: 0 }
+        Writer {
+            out,
+            bit_at: 0,
+            bit_n: 0,
+        }
     }
 
     pub(crate) fn u8(&mut self, v: u8) {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::PROTOCOL_HEADER;
 use crate::error::{FrameError, ProtocolError};
 use crate::frame::{self, BASIC_CLASS, FRAME_HEARTBEAT, FRAME_MIN_SIZE, Frame};
 use crate::method::Method;
@@ -23,7 +24,6 @@ use crate::properties::BasicProperties;
 use crate::reply::{self, ReplyCode};
 use crate::shortstr::ShortStr;
 use crate::table::{FieldTable, FieldValue};
-use crate::PROTOCOL_HEADER;
 
 /// Largest frame accepted before tune-ok fixes frame_max (RabbitMQ's `initial_frame_max`).
 pub const HANDSHAKE_FRAME_MAX: u32 = 8192;
@@ -101,6 +101,8 @@ impl Mechanism {
 }
 
 /// What the connection tells the application.
+// Properties stay inline: boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -197,12 +199,17 @@ pub enum CloseReason {
 enum State {
     ExpectProtocolHeader,
     ExpectStartOk,
-    AwaitAuth { mechanism: Mechanism },
+    AwaitAuth {
+        mechanism: Mechanism,
+    },
     ExpectTuneOk,
     ExpectOpen,
     AwaitOpen,
     Open,
-    Closing { reason: CloseReason, deadline: Instant },
+    Closing {
+        reason: CloseReason,
+        deadline: Instant,
+    },
     Closed,
 }
 
@@ -240,7 +247,12 @@ enum BodyBuf {
 enum Assembly {
     Idle,
     Header(PendingPublish),
-    Body { publish: PendingPublish, properties: Box<BasicProperties>, remaining: u64, body: BodyBuf },
+    Body {
+        publish: PendingPublish,
+        properties: Box<BasicProperties>,
+        remaining: u64,
+        body: BodyBuf,
+    },
 }
 
 #[derive(Debug)]
@@ -398,7 +410,9 @@ impl Connection {
     /// client has the `authentication_failure_close` capability (otherwise the socket is just
     /// closed). `text` is kept for the log in [`CloseReason::ServerClosed`], not sent.
     pub fn reject_auth(&mut self, text: &str) {
-        let State::AwaitAuth { mechanism } = self.state else { return };
+        let State::AwaitAuth { mechanism } = self.state else {
+            return;
+        };
         let reason = CloseReason::ServerClosed {
             reply_code: reply::ACCESS_REFUSED,
             reply_text: reply::reply_text(reply::ACCESS_REFUSED, text),
@@ -429,7 +443,12 @@ impl Connection {
         if !matches!(self.state, State::AwaitOpen) {
             return;
         }
-        self.write_method(0, &Method::ConnectionOpenOk { known_hosts: ShortStr::default() });
+        self.write_method(
+            0,
+            &Method::ConnectionOpenOk {
+                known_hosts: ShortStr::default(),
+            },
+        );
         self.state = State::Open;
         self.handshake_deadline = None;
         self.resume();
@@ -464,14 +483,27 @@ impl Connection {
         }
         self.out.reserve(body.len() + 256);
         frame::encode_method(channel, method, &mut self.out);
-        frame::encode_header(channel, method.class_id(), body.len() as u64, properties, &mut self.out);
+        frame::encode_header(
+            channel,
+            method.class_id(),
+            body.len() as u64,
+            properties,
+            &mut self.out,
+        );
         frame::encode_body(channel, body, self.frame_max, &mut self.out);
         self.last_send = self.now;
     }
 
     /// Server-initiated channel.close (a soft error such as 404 or 406). Frames on the channel
     /// are then ignored until the client's close-ok, reported as [`Event::ChannelCloseOk`].
-    pub fn close_channel(&mut self, channel: u16, code: u16, text: &str, class_id: u16, method_id: u16) {
+    pub fn close_channel(
+        &mut self,
+        channel: u16,
+        code: u16,
+        text: &str,
+        class_id: u16,
+        method_id: u16,
+    ) {
         if !self.can_send() || channel == 0 {
             return;
         }
@@ -677,12 +709,21 @@ impl Connection {
         .collect();
         let s = |v: &str| FieldValue::LongStr(Bytes::copy_from_slice(v.as_bytes()));
         FieldTable(vec![
-            (ShortStr::from_static("capabilities"), FieldValue::Table(caps)),
+            (
+                ShortStr::from_static("capabilities"),
+                FieldValue::Table(caps),
+            ),
             (ShortStr::from_static("product"), s(&self.config.product)),
             (ShortStr::from_static("version"), s(&self.config.version)),
             (ShortStr::from_static("platform"), s("Rust")),
-            (ShortStr::from_static("copyright"), s("Copyright (c) the Tributary authors")),
-            (ShortStr::from_static("information"), s("Licensed under the Apache License 2.0")),
+            (
+                ShortStr::from_static("copyright"),
+                s("Copyright (c) the Tributary authors"),
+            ),
+            (
+                ShortStr::from_static("information"),
+                s("Licensed under the Apache License 2.0"),
+            ),
         ])
     }
 
@@ -716,12 +757,18 @@ impl Connection {
             Frame::Heartbeat { channel: 0 } => {}
             Frame::Method { channel: 0, method } => self.connection_method(method),
             Frame::Heartbeat { channel } => self.protocol_error(
-                ProtocolError::UnexpectedFrame { frame_type: FRAME_HEARTBEAT, channel },
+                ProtocolError::UnexpectedFrame {
+                    frame_type: FRAME_HEARTBEAT,
+                    channel,
+                },
                 0,
                 0,
             ),
             f if f.channel() == 0 || !matches!(self.state, State::Open) => {
-                let e = ProtocolError::UnexpectedFrame { frame_type: f.frame_type(), channel: f.channel() };
+                let e = ProtocolError::UnexpectedFrame {
+                    frame_type: f.frame_type(),
+                    channel: f.channel(),
+                };
                 self.protocol_error(e, 0, 0)
             }
             f => self.channel_frame(f),
@@ -729,11 +776,19 @@ impl Connection {
     }
 
     fn closing_frame(&mut self, f: Frame) {
-        let State::Closing { reason, .. } = &self.state else { return };
+        let State::Closing { reason, .. } = &self.state else {
+            return;
+        };
         let reason = reason.clone();
         match f {
-            Frame::Method { channel: 0, method: Method::ConnectionCloseOk } => self.finish(reason),
-            Frame::Method { channel: 0, method: Method::ConnectionClose { .. } } => {
+            Frame::Method {
+                channel: 0,
+                method: Method::ConnectionCloseOk,
+            } => self.finish(reason),
+            Frame::Method {
+                channel: 0,
+                method: Method::ConnectionClose { .. },
+            } => {
                 self.write_method(0, &Method::ConnectionCloseOk);
                 self.finish(reason);
             }
@@ -743,7 +798,14 @@ impl Connection {
 
     fn connection_method(&mut self, method: Method) {
         match (&self.state, method) {
-            (_, Method::ConnectionClose { reply_code, reply_text, .. }) => {
+            (
+                _,
+                Method::ConnectionClose {
+                    reply_code,
+                    reply_text,
+                    ..
+                },
+            ) => {
                 self.write_method(0, &Method::ConnectionCloseOk);
                 self.finish(CloseReason::ClientClosed {
                     reply_code,
@@ -752,11 +814,21 @@ impl Connection {
             }
             (
                 State::ExpectStartOk,
-                Method::ConnectionStartOk { client_properties, mechanism, response, .. },
+                Method::ConnectionStartOk {
+                    client_properties,
+                    mechanism,
+                    response,
+                    ..
+                },
             ) => self.start_ok(client_properties, mechanism, response),
-            (State::ExpectTuneOk, Method::ConnectionTuneOk { channel_max, frame_max, heartbeat }) => {
-                self.tune_ok(channel_max, frame_max, heartbeat)
-            }
+            (
+                State::ExpectTuneOk,
+                Method::ConnectionTuneOk {
+                    channel_max,
+                    frame_max,
+                    heartbeat,
+                },
+            ) => self.tune_ok(channel_max, frame_max, heartbeat),
             (State::ExpectOpen, Method::ConnectionOpen { virtual_host, .. }) => {
                 let vhost = virtual_host.to_string();
                 self.vhost = Some(vhost.clone());
@@ -764,17 +836,26 @@ impl Connection {
                 self.events.push_back(Event::Open { vhost });
             }
             (State::Open, m @ Method::ConnectionUpdateSecret { .. }) => {
-                self.events.push_back(Event::Method { channel: 0, method: m })
+                self.events.push_back(Event::Method {
+                    channel: 0,
+                    method: m,
+                })
             }
             (state, m) => {
-                let e = ProtocolError::UnexpectedMethod { state: state.rabbit_name() };
+                let e = ProtocolError::UnexpectedMethod {
+                    state: state.rabbit_name(),
+                };
                 self.protocol_error(e, m.class_id(), m.method_id())
             }
         }
     }
 
     fn start_ok(&mut self, client_properties: FieldTable, mechanism: ShortStr, response: Bytes) {
-        let offered = self.config.mechanisms.iter().any(|m| m.as_bytes() == mechanism.as_bytes());
+        let offered = self
+            .config
+            .mechanisms
+            .iter()
+            .any(|m| m.as_bytes() == mechanism.as_bytes());
         let Some(mech) = Mechanism::from_name(mechanism.as_bytes()).filter(|_| offered) else {
             let e = ProtocolError::UnknownMechanism(mechanism.to_string());
             return self.protocol_error(e, 10, 11);
@@ -793,7 +874,11 @@ impl Connection {
             Ok((username, password)) => {
                 self.pending_user = Some(username.clone());
                 self.state = State::AwaitAuth { mechanism: mech };
-                self.events.push_back(Event::Authenticate { mechanism: mech, username, password });
+                self.events.push_back(Event::Authenticate {
+                    mechanism: mech,
+                    username,
+                    password,
+                });
             }
             Err(e) => self.protocol_error(e, 10, 11),
         }
@@ -811,9 +896,19 @@ impl Connection {
             limit,
         };
         // A client's 0 means "no limit": it gets the server's value.
-        let ch = if channel_max == 0 { server_ch } else { channel_max };
+        let ch = if channel_max == 0 {
+            server_ch
+        } else {
+            channel_max
+        };
         if server_ch != 0 && ch > server_ch {
-            let e = negotiation("channel_max", ch as u32, "higher", "maximum", server_ch as u32);
+            let e = negotiation(
+                "channel_max",
+                ch as u32,
+                "higher",
+                "maximum",
+                server_ch as u32,
+            );
             return self.protocol_error(e, 10, 30);
         }
         let fm = if frame_max == 0 { server_fm } else { frame_max };
@@ -839,9 +934,12 @@ impl Connection {
         let channel = f.channel();
         match f {
             Frame::Method { method, .. } => self.channel_method(channel, method),
-            Frame::Header { class_id, body_size, properties, .. } => {
-                self.content_header(channel, class_id, body_size, properties)
-            }
+            Frame::Header {
+                class_id,
+                body_size,
+                properties,
+                ..
+            } => self.content_header(channel, class_id, body_size, properties),
             Frame::Body { payload, .. } => self.content_body(channel, payload),
             Frame::Heartbeat { .. } => {}
         }
@@ -855,11 +953,20 @@ impl Connection {
                     return self.protocol_error(ProtocolError::ChannelNotOpen, class_id, method_id);
                 }
                 if channel > self.channel_max {
-                    let e = ProtocolError::ChannelMax { channel, channel_max: self.channel_max };
+                    let e = ProtocolError::ChannelMax {
+                        channel,
+                        channel_max: self.channel_max,
+                    };
                     return self.protocol_error(e, class_id, method_id);
                 }
-                self.channels.insert(channel, ChannelState::Open(Assembly::Idle));
-                self.write_method(channel, &Method::ChannelOpenOk { channel_id: Bytes::new() });
+                self.channels
+                    .insert(channel, ChannelState::Open(Assembly::Idle));
+                self.write_method(
+                    channel,
+                    &Method::ChannelOpenOk {
+                        channel_id: Bytes::new(),
+                    },
+                );
                 self.events.push_back(Event::ChannelOpened { channel });
             }
             Some(ChannelState::Closing) => match method {
@@ -874,7 +981,9 @@ impl Connection {
                 match assembly {
                     Assembly::Idle => {}
                     Assembly::Header(_) => {
-                        let e = ProtocolError::ExpectedContentHeader { class_id: BASIC_CLASS };
+                        let e = ProtocolError::ExpectedContentHeader {
+                            class_id: BASIC_CLASS,
+                        };
                         return self.protocol_error(e, 60, 40);
                     }
                     Assembly::Body { .. } => {
@@ -891,7 +1000,13 @@ impl Connection {
                         self.events.push_back(Event::ChannelClosed { channel });
                     }
                     Method::ChannelCloseOk => {}
-                    Method::BasicPublish { exchange, routing_key, mandatory, immediate, .. } => {
+                    Method::BasicPublish {
+                        exchange,
+                        routing_key,
+                        mandatory,
+                        immediate,
+                        ..
+                    } => {
                         *assembly = Assembly::Header(PendingPublish {
                             exchange,
                             routing_key,
@@ -900,7 +1015,10 @@ impl Connection {
                         });
                     }
                     m if m.has_content() || m.class_id() == 10 => {
-                        let e = ProtocolError::CommandInvalid { class_id, method_id };
+                        let e = ProtocolError::CommandInvalid {
+                            class_id,
+                            method_id,
+                        };
                         self.protocol_error(e, class_id, method_id)
                     }
                     m => self.events.push_back(Event::Method { channel, method: m }),
@@ -909,7 +1027,13 @@ impl Connection {
         }
     }
 
-    fn content_header(&mut self, channel: u16, class_id: u16, body_size: u64, properties: BasicProperties) {
+    fn content_header(
+        &mut self,
+        channel: u16,
+        class_id: u16,
+        body_size: u64,
+        properties: BasicProperties,
+    ) {
         let max = self.config.max_message_size;
         let Some(ChannelState::Open(assembly)) = self.channels.get_mut(&channel) else {
             if self.channels.contains_key(&channel) {
@@ -926,11 +1050,17 @@ impl Connection {
             }
         };
         if class_id != BASIC_CLASS {
-            let e = ProtocolError::WrongContentClass { expected: BASIC_CLASS, got: class_id };
+            let e = ProtocolError::WrongContentClass {
+                expected: BASIC_CLASS,
+                got: class_id,
+            };
             return self.protocol_error(e, 60, 40);
         }
         if body_size > max {
-            let e = ProtocolError::MessageTooLarge { size: body_size, max };
+            let e = ProtocolError::MessageTooLarge {
+                size: body_size,
+                max,
+            };
             return self.channel_error(channel, e, 60, 40);
         }
         if body_size == 0 {
@@ -952,10 +1082,14 @@ impl Connection {
             return self.protocol_error(ProtocolError::ExpectedMethod, 0, 0);
         };
         let (remaining, body) = match assembly {
-            Assembly::Body { remaining, body, .. } => (remaining, body),
+            Assembly::Body {
+                remaining, body, ..
+            } => (remaining, body),
             Assembly::Idle => return self.protocol_error(ProtocolError::ExpectedMethod, 0, 0),
             Assembly::Header(_) => {
-                let e = ProtocolError::ExpectedContentHeader { class_id: BASIC_CLASS };
+                let e = ProtocolError::ExpectedContentHeader {
+                    class_id: BASIC_CLASS,
+                };
                 return self.protocol_error(e, 60, 40);
             }
         };
@@ -985,8 +1119,12 @@ impl Connection {
             };
         }
         if left == 0 {
-            let Assembly::Body { publish, properties, body, .. } =
-                std::mem::replace(assembly, Assembly::Idle)
+            let Assembly::Body {
+                publish,
+                properties,
+                body,
+                ..
+            } = std::mem::replace(assembly, Assembly::Idle)
             else {
                 return;
             };
@@ -999,7 +1137,13 @@ impl Connection {
         }
     }
 
-    fn emit_publish(&mut self, channel: u16, p: PendingPublish, properties: BasicProperties, body: Bytes) {
+    fn emit_publish(
+        &mut self,
+        channel: u16,
+        p: PendingPublish,
+        properties: BasicProperties,
+        body: Bytes,
+    ) {
         self.events.push_back(Event::Publish {
             channel,
             exchange: p.exchange,
@@ -1014,7 +1158,10 @@ impl Connection {
     // ---- output and closing ----------------------------------------------------------------
 
     fn can_send(&self) -> bool {
-        !matches!(self.state, State::Closing { .. } | State::Closed | State::ExpectProtocolHeader)
+        !matches!(
+            self.state,
+            State::Closing { .. } | State::Closed | State::ExpectProtocolHeader
+        )
     }
 
     fn write_method(&mut self, channel: u16, method: &Method) {
@@ -1053,7 +1200,10 @@ impl Connection {
             method_id,
         };
         self.write_method(0, &close);
-        self.enter_closing(CloseReason::ServerClosed { reply_code: code, reply_text });
+        self.enter_closing(CloseReason::ServerClosed {
+            reply_code: code,
+            reply_text,
+        });
     }
 
     fn enter_closing(&mut self, reason: CloseReason) {
@@ -1089,7 +1239,8 @@ fn utf8(b: &[u8]) -> Result<String, ProtocolError> {
 /// PLAIN: `[authzid] \0 authcid \0 password` (RFC 4616; RabbitMQ requires an empty authzid).
 fn parse_plain(response: &[u8]) -> Result<(String, String), ProtocolError> {
     let mut parts = response.splitn(3, |b| *b == 0);
-    let (Some(_authzid), Some(user), Some(pass)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(_authzid), Some(user), Some(pass)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err(ProtocolError::InvalidAuthResponse("PLAIN response invalid"));
     };
     if pass.contains(&0) {

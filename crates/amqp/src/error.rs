@@ -80,7 +80,9 @@ pub enum FrameError {
         channel: u16,
     },
     /// A heartbeat frame with a payload, or a method/header payload too short for its fixed part.
-    #[error("type {frame_type}, channel {channel}: unknown_frame (malformed payload of {size} octets)")]
+    #[error(
+        "type {frame_type}, channel {channel}: unknown_frame (malformed payload of {size} octets)"
+    )]
     Malformed {
         /// Frame type octet.
         frame_type: u8,
@@ -142,7 +144,12 @@ impl FrameError {
     /// The (class id, method id) to report in `connection.close`, when a method was identified.
     pub fn class_method(&self) -> (u16, u16) {
         match self {
-            FrameError::Method { class_id, method_id, source, .. } => match source {
+            FrameError::Method {
+                class_id,
+                method_id,
+                source,
+                ..
+            } => match source {
                 DecodeError::UnknownMethod { .. } => (0, 0),
                 _ => (*class_id, *method_id),
             },
@@ -152,7 +159,10 @@ impl FrameError {
 
     /// Whether the byte stream lost synchronisation, so no later frame can be read.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, FrameError::TooLarge { .. } | FrameError::BadFrameEnd { .. })
+        matches!(
+            self,
+            FrameError::TooLarge { .. } | FrameError::BadFrameEnd { .. }
+        )
     }
 }
 
@@ -228,7 +238,9 @@ pub enum ProtocolError {
     #[error("{0}")]
     InvalidAuthResponse(&'static str),
     /// `connection.tune-ok` values outside what the server allows.
-    #[error("negotiated {field} = {value}{detail} is {cmp} than the {bound} allowed value ({limit})")]
+    #[error(
+        "negotiated {field} = {value}{detail} is {cmp} than the {bound} allowed value ({limit})"
+    )]
     Negotiation {
         /// `channel_max` or `frame_max`.
         field: &'static str,
@@ -307,13 +319,28 @@ mod tests {
     fn codes() {
         assert_eq!(DecodeError::Truncated.reply_code(), 501);
         assert_eq!(DecodeError::UnknownFieldType(b'Z').reply_code(), 502);
-        assert_eq!(DecodeError::UnknownMethod { class_id: 1, method_id: 2 }.reply_code(), 540);
-        let e = FrameError::TooLarge { frame_type: 1, channel: 0, size: 10, max: 5 };
+        assert_eq!(
+            DecodeError::UnknownMethod {
+                class_id: 1,
+                method_id: 2
+            }
+            .reply_code(),
+            540
+        );
+        let e = FrameError::TooLarge {
+            frame_type: 1,
+            channel: 0,
+            size: 10,
+            max: 5,
+        };
         assert_eq!(e.reply_code(), 501);
         assert!(e.is_fatal());
         assert_eq!(Error::from(ProtocolError::ExpectedMethod).reply_code(), 505);
         assert_eq!(ProtocolError::ChannelNotOpen.reply_code(), 504);
-        assert_eq!(ProtocolError::MessageTooLarge { size: 2, max: 1 }.reply_code(), 406);
+        assert_eq!(
+            ProtocolError::MessageTooLarge { size: 2, max: 1 }.reply_code(),
+            406
+        );
         assert_eq!(
             ProtocolError::ChannelNotOpen.to_string(),
             "expected 'channel.open'"

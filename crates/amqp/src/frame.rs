@@ -26,6 +26,8 @@ pub const BASIC_CLASS: u16 = 60;
 const HEADER_LEN: usize = 7;
 
 /// One decoded frame.
+// Properties stay inline: boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     /// A method frame.
@@ -85,10 +87,17 @@ impl Frame {
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
             Frame::Method { channel, method } => encode_method(*channel, method, out),
-            Frame::Header { channel, class_id, body_size, properties } => {
-                encode_header(*channel, *class_id, *body_size, properties, out)
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+            } => encode_header(*channel, *class_id, *body_size, properties, out),
+            Frame::Body { channel, payload } => {
+                let at = begin(out, FRAME_BODY, *channel);
+                out.put_slice(payload);
+                finish(out, at);
             }
-            Frame::Body { channel, payload } => encode_body(*channel, payload, 0, out),
             Frame::Heartbeat { channel } => {
                 out.put_u8(FRAME_HEARTBEAT);
                 out.put_u16(*channel);
@@ -123,18 +132,30 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
     }
     let total = HEADER_LEN + size as usize + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Make room for the rest of the frame, but only when a frame_max bounds it: an
+        // unbounded announcement must not turn into an allocation.
+        if frame_max != 0 {
+            buf.reserve(total - buf.len());
+        }
         return Ok(None);
     }
     let end = buf[total - 1];
     if end != FRAME_END {
         buf.advance(total);
-        return Err(FrameError::BadFrameEnd { frame_type, channel, found: end });
+        return Err(FrameError::BadFrameEnd {
+            frame_type,
+            channel,
+            found: end,
+        });
     }
     buf.advance(HEADER_LEN);
     let mut payload = buf.split_to(size as usize).freeze();
     buf.advance(1);
-    let malformed = FrameError::Malformed { frame_type, channel, size };
+    let malformed = FrameError::Malformed {
+        frame_type,
+        channel,
+        size,
+    };
     match frame_type {
         FRAME_METHOD => {
             if payload.len() < 4 {
@@ -144,7 +165,12 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
             let method_id = u16::from_be_bytes([payload[2], payload[3]]);
             match Method::decode(payload) {
                 Ok(method) => Ok(Some(Frame::Method { channel, method })),
-                Err(source) => Err(FrameError::Method { channel, class_id, method_id, source }),
+                Err(source) => Err(FrameError::Method {
+                    channel,
+                    class_id,
+                    method_id,
+                    source,
+                }),
             }
         }
         FRAME_HEADER => {
@@ -155,12 +181,20 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
             let _weight = payload.get_u16();
             let body_size = payload.get_u64();
             let properties = if class_id == BASIC_CLASS {
-                BasicProperties::decode(payload)
-                    .map_err(|source| FrameError::Properties { channel, class_id, source })?
+                BasicProperties::decode(payload).map_err(|source| FrameError::Properties {
+                    channel,
+                    class_id,
+                    source,
+                })?
             } else {
                 BasicProperties::default()
             };
-            Ok(Some(Frame::Header { channel, class_id, body_size, properties }))
+            Ok(Some(Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+            }))
         }
         FRAME_BODY => Ok(Some(Frame::Body { channel, payload })),
         FRAME_HEARTBEAT => {
@@ -169,7 +203,10 @@ pub fn decode_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>,
             }
             Ok(Some(Frame::Heartbeat { channel }))
         }
-        _ => Err(FrameError::UnknownFrameType { frame_type, channel }),
+        _ => Err(FrameError::UnknownFrameType {
+            frame_type,
+            channel,
+        }),
     }
 }
 
@@ -236,4 +273,141 @@ pub fn encode_body(channel: u16, body: &[u8], frame_max: u32, out: &mut BytesMut
 /// Appends a heartbeat frame (always on channel 0).
 pub fn encode_heartbeat(out: &mut BytesMut) {
     out.put_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::DecodeError;
+
+    #[test]
+    fn golden_publish_frame_and_partial_input() {
+        let wire: &[u8] =
+            b"\x01\x00\x01\x00\x00\x00\x0e\x00\x3c\x00\x28\x00\x00\x00\x05hello\x00\xce";
+        for cut in 0..wire.len() {
+            let mut b = BytesMut::from(&wire[..cut]);
+            assert_eq!(decode_frame(&mut b, 4096), Ok(None));
+            assert_eq!(b.len(), cut);
+        }
+        let mut b = BytesMut::from(wire);
+        let f = decode_frame(&mut b, 4096).unwrap().unwrap();
+        assert!(b.is_empty());
+        let mut out = BytesMut::new();
+        f.encode(&mut out);
+        assert_eq!(&out[..], wire);
+    }
+
+    #[test]
+    fn body_is_zero_copy() {
+        let mut b = BytesMut::new();
+        encode_body(3, b"abc", 4096, &mut b);
+        let start = b.as_ptr() as usize;
+        let Some(Frame::Body {
+            channel: 3,
+            payload,
+        }) = decode_frame(&mut b, 4096).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(&payload[..], b"abc");
+        assert_eq!(payload.as_ptr() as usize, start + 7);
+    }
+
+    #[test]
+    fn too_large_before_payload_arrives() {
+        let mut b = BytesMut::from(&b"\x01\x00\x00\x00\x01\x00\x01"[..]); // 65537 announced
+        let e = decode_frame(&mut b, 4096).unwrap_err();
+        assert_eq!(
+            e,
+            FrameError::TooLarge {
+                frame_type: 1,
+                channel: 0,
+                size: 65537,
+                max: 4088
+            }
+        );
+        assert_eq!(e.reply_code(), 501);
+        // RabbitMQ's fudge: a payload of frame_max octets is still accepted.
+        let mut b = BytesMut::new();
+        encode_body(1, &[0u8; 4096], 0, &mut b);
+        assert!(matches!(
+            decode_frame(&mut b, 4096),
+            Ok(Some(Frame::Body { .. }))
+        ));
+    }
+
+    #[test]
+    fn bad_end_unknown_type_heartbeat() {
+        let mut b = BytesMut::from(&b"\x08\x00\x00\x00\x00\x00\x00\xcd"[..]);
+        assert!(matches!(
+            decode_frame(&mut b, 0),
+            Err(FrameError::BadFrameEnd { found: 0xcd, .. })
+        ));
+        let mut b = BytesMut::from(
+            &b"\x09\x00\x00\x00\x00\x00\x00\xce\x08\x00\x00\x00\x00\x00\x00\xce"[..],
+        );
+        assert_eq!(
+            decode_frame(&mut b, 0),
+            Err(FrameError::UnknownFrameType {
+                frame_type: 9,
+                channel: 0
+            })
+        );
+        assert_eq!(
+            decode_frame(&mut b, 0),
+            Ok(Some(Frame::Heartbeat { channel: 0 }))
+        );
+        let mut b = BytesMut::from(&b"\x08\x00\x00\x00\x00\x00\x01\x00\xce"[..]);
+        assert!(matches!(
+            decode_frame(&mut b, 0),
+            Err(FrameError::Malformed { .. })
+        ));
+        let mut out = BytesMut::new();
+        encode_heartbeat(&mut out);
+        assert_eq!(&out[..], b"\x08\x00\x00\x00\x00\x00\x00\xce");
+    }
+
+    #[test]
+    fn method_errors_carry_ids() {
+        let mut b = BytesMut::from(&b"\x01\x00\x05\x00\x00\x00\x04\x00\x3c\x00\x28\xce"[..]);
+        let e = decode_frame(&mut b, 0).unwrap_err();
+        assert_eq!(
+            e,
+            FrameError::Method {
+                channel: 5,
+                class_id: 60,
+                method_id: 40,
+                source: DecodeError::Truncated
+            }
+        );
+        assert_eq!(e.class_method(), (60, 40));
+        assert!(!e.is_fatal());
+    }
+
+    #[test]
+    fn body_split_and_header() {
+        let mut b = BytesMut::new();
+        encode_body(1, &[1u8; 10], 12, &mut b); // 4 octets per frame
+        let mut parts = Vec::new();
+        while let Some(Frame::Body { payload, .. }) = decode_frame(&mut b, 12).unwrap() {
+            parts.push(payload.len());
+        }
+        assert_eq!(parts, vec![4, 4, 2]);
+        let mut b = BytesMut::new();
+        let p = BasicProperties {
+            delivery_mode: Some(2),
+            ..Default::default()
+        };
+        encode_header(1, 60, 10, &p, &mut b);
+        assert_eq!(&b[..], b"\x02\x00\x01\x00\x00\x00\x0f\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0a\x10\x00\x02\xce");
+        assert_eq!(
+            decode_frame(&mut b, 0).unwrap(),
+            Some(Frame::Header {
+                channel: 1,
+                class_id: 60,
+                body_size: 10,
+                properties: p
+            })
+        );
+    }
 }

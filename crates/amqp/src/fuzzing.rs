@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use crate::PROTOCOL_HEADER;
 use crate::connection::{Connection, ConnectionConfig, Event};
 use crate::frame::{decode_frame, encode_method};
 use crate::method::Method;
 use crate::table::FieldTable;
-use crate::PROTOCOL_HEADER;
 
 /// `amqp_frame`: decode frames from `data` until it runs out or a fatal error, with a
 /// frame_max taken from the first octet.
@@ -48,11 +48,25 @@ pub fn handshake_prefix() -> BytesMut {
         locale: "en_US".into(),
     };
     encode_method(0, &start_ok, &mut b);
-    let tune_ok = Method::ConnectionTuneOk { channel_max: 16, frame_max: 4096, heartbeat: 10 };
+    let tune_ok = Method::ConnectionTuneOk {
+        channel_max: 16,
+        frame_max: 4096,
+        heartbeat: 10,
+    };
     encode_method(0, &tune_ok, &mut b);
-    let open = Method::ConnectionOpen { virtual_host: "/".into(), capabilities: "".into(), insist: false };
+    let open = Method::ConnectionOpen {
+        virtual_host: "/".into(),
+        capabilities: "".into(),
+        insist: false,
+    };
     encode_method(0, &open, &mut b);
-    encode_method(1, &Method::ChannelOpen { out_of_band: "".into() }, &mut b);
+    encode_method(
+        1,
+        &Method::ChannelOpen {
+            out_of_band: "".into(),
+        },
+        &mut b,
+    );
     b
 }
 
@@ -91,16 +105,20 @@ pub fn connection_target(data: &[u8]) {
             conn.handle_timeout(now);
         }
         conn.handle_input(&mut input, now);
-        assert!(input.len() <= 4096 + 8, "connection kept more than a frame of input");
+        assert!(
+            input.len() <= 4096 + 8,
+            "connection kept more than a frame of input"
+        );
         while let Some(ev) = conn.poll_event() {
             assert!(!closed, "event after Closed: {ev:?}");
             match ev {
                 Event::Authenticate { .. } => conn.accept_auth(),
                 Event::Open { .. } => conn.accept_open(),
                 Event::Closed { .. } => closed = true,
-                Event::Method { channel, method: Method::QueueDeclare { .. } } => {
-                    conn.close_channel(channel, 406, "PRECONDITION_FAILED - test", 50, 10)
-                }
+                Event::Method {
+                    channel,
+                    method: Method::QueueDeclare { .. },
+                } => conn.close_channel(channel, 406, "PRECONDITION_FAILED - test", 50, 10),
                 _ => {}
             }
         }

@@ -364,3 +364,127 @@ impl Method {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(m: &Method) -> BytesMut {
+        let mut out = BytesMut::new();
+        m.encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn golden_start_ok_plain() {
+        // What pika/lapin send for guest/guest with empty client properties.
+        let wire: &[u8] =
+            b"\x00\x0a\x00\x0b\x00\x00\x00\x00\x05PLAIN\x00\x00\x00\x0c\x00guest\x00guest\x05en_US";
+        let m = Method::decode(Bytes::from_static(wire)).unwrap();
+        assert_eq!(
+            m,
+            Method::ConnectionStartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: Bytes::from_static(b"\0guest\0guest"),
+                locale: "en_US".into(),
+            }
+        );
+        assert_eq!(&enc(&m)[..], wire);
+    }
+
+    #[test]
+    fn golden_basic_publish() {
+        // pika: basic_publish(exchange='', routing_key='hello')
+        let wire: &[u8] = b"\x00\x3c\x00\x28\x00\x00\x00\x05hello\x00";
+        let m = Method::BasicPublish {
+            ticket: 0,
+            exchange: "".into(),
+            routing_key: "hello".into(),
+            mandatory: false,
+            immediate: false,
+        };
+        assert_eq!(&enc(&m)[..], wire);
+        assert_eq!(Method::decode(Bytes::from_static(wire)).unwrap(), m);
+        assert!(m.has_content());
+        assert_eq!(m.name(), "basic.publish");
+    }
+
+    #[test]
+    fn golden_basic_deliver() {
+        let wire: &[u8] =
+            b"\x00\x3c\x00\x3c\x05ctag1\x00\x00\x00\x00\x00\x00\x00\x01\x01\x00\x05hello";
+        let m = Method::BasicDeliver {
+            consumer_tag: "ctag1".into(),
+            delivery_tag: 1,
+            redelivered: true,
+            exchange: "".into(),
+            routing_key: "hello".into(),
+        };
+        assert_eq!(&enc(&m)[..], wire);
+        assert_eq!(Method::decode(Bytes::from_static(wire)).unwrap(), m);
+    }
+
+    #[test]
+    fn bits_pack_into_one_octet() {
+        let m = Method::QueueDeclare {
+            ticket: 0,
+            queue: "q".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: true,
+            nowait: false,
+            arguments: FieldTable::default(),
+        };
+        assert_eq!(
+            &enc(&m)[..],
+            b"\x00\x32\x00\x0a\x00\x00\x01q\x0a\x00\x00\x00\x00"
+        );
+        assert_eq!(Method::decode(enc(&m).freeze()).unwrap(), m);
+        // Bits separated by another field start a new octet.
+        let m = Method::BasicNack {
+            delivery_tag: 5,
+            multiple: true,
+            requeue: true,
+        };
+        assert_eq!(
+            &enc(&m)[..],
+            b"\x00\x3c\x00\x78\x00\x00\x00\x00\x00\x00\x00\x05\x03"
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            Method::decode(Bytes::from_static(b"\x00\x0a\x00\x63")),
+            Err(DecodeError::UnknownMethod {
+                class_id: 10,
+                method_id: 99
+            })
+        );
+        assert_eq!(
+            Method::decode(Bytes::from_static(b"\x00\x0a")),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Method::decode(Bytes::from_static(b"\x00\x0a\x00\x33\x00")),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            Method::decode(Bytes::from_static(b"\x00\x3c\x00\x28\x00\x00\x00\x05hel")),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn ids_and_names() {
+        assert_eq!(Method::ConnectionCloseOk.class_id(), 10);
+        assert_eq!(Method::ConnectionCloseOk.method_id(), 51);
+        assert_eq!(Method::ExchangeUnbindOk.method_id(), 51);
+        assert_eq!(Method::ConfirmSelect { nowait: false }.class_id(), 85);
+        assert_eq!(Method::TxRollbackOk.name(), "tx.rollback-ok");
+        assert_eq!(method_name(60, 120), Some("basic.nack"));
+        assert_eq!(method_name(30, 10), None);
+    }
+}

@@ -139,19 +139,39 @@ impl BasicProperties {
             return Err(DecodeError::UnknownPropertyFlags(flags));
         }
         let s = |r: &mut Reader, bit: u16| -> Result<Option<ShortStr>, DecodeError> {
-            if flags & bit != 0 { r.shortstr().map(Some) } else { Ok(None) }
+            if flags & bit != 0 {
+                r.shortstr().map(Some)
+            } else {
+                Ok(None)
+            }
         };
         Ok(BasicProperties {
             content_type: s(r, CONTENT_TYPE)?,
             content_encoding: s(r, CONTENT_ENCODING)?,
-            headers: if flags & HEADERS != 0 { Some(table::read_table(r, 0)?) } else { None },
-            delivery_mode: if flags & DELIVERY_MODE != 0 { Some(r.u8()?) } else { None },
-            priority: if flags & PRIORITY != 0 { Some(r.u8()?) } else { None },
+            headers: if flags & HEADERS != 0 {
+                Some(table::read_table(r, 0)?)
+            } else {
+                None
+            },
+            delivery_mode: if flags & DELIVERY_MODE != 0 {
+                Some(r.u8()?)
+            } else {
+                None
+            },
+            priority: if flags & PRIORITY != 0 {
+                Some(r.u8()?)
+            } else {
+                None
+            },
             correlation_id: s(r, CORRELATION_ID)?,
             reply_to: s(r, REPLY_TO)?,
             expiration: s(r, EXPIRATION)?,
             message_id: s(r, MESSAGE_ID)?,
-            timestamp: if flags & TIMESTAMP != 0 { Some(r.u64()?) } else { None },
+            timestamp: if flags & TIMESTAMP != 0 {
+                Some(r.u64()?)
+            } else {
+                None
+            },
             kind: s(r, KIND)?,
             user_id: s(r, USER_ID)?,
             app_id: s(r, APP_ID)?,
@@ -170,7 +190,10 @@ mod tests {
         let mut out = BytesMut::new();
         BasicProperties::default().encode(&mut out);
         assert_eq!(&out[..], b"\x00\x00");
-        assert_eq!(BasicProperties::decode(out.freeze()).unwrap(), BasicProperties::default());
+        assert_eq!(
+            BasicProperties::decode(out.freeze()).unwrap(),
+            BasicProperties::default()
+        );
     }
 
     #[test]

@@ -96,8 +96,14 @@ mod tests {
         assert_eq!(name(999), None);
         assert!(is_hard_error(FRAME_ERROR));
         assert!(!is_hard_error(PRECONDITION_FAILED));
-        assert_eq!(reply_text(NOT_ALLOWED, "vhost x not found"), "NOT_ALLOWED - vhost x not found");
-        assert_eq!(reply_text(NOT_ALLOWED, "NOT_ALLOWED - x"), "NOT_ALLOWED - x");
+        assert_eq!(
+            reply_text(NOT_ALLOWED, "vhost x not found"),
+            "NOT_ALLOWED - vhost x not found"
+        );
+        assert_eq!(
+            reply_text(NOT_ALLOWED, "NOT_ALLOWED - x"),
+            "NOT_ALLOWED - x"
+        );
         assert_eq!(reply_text(NOT_FOUND, &"x".repeat(300)).len(), 255);
     }
 }

@@ -18,7 +18,10 @@ pub struct ShortStr(Bytes);
 impl ShortStr {
     /// Wraps a static string without copying; panics if it is longer than 255 octets.
     pub const fn from_static(s: &'static str) -> Self {
-        assert!(s.len() <= SHORTSTR_MAX, "short string longer than 255 octets");
+        assert!(
+            s.len() <= SHORTSTR_MAX,
+            "short string longer than 255 octets"
+        );
         ShortStr(Bytes::from_static(s.as_bytes()))
     }
 

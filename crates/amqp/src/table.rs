@@ -81,7 +81,10 @@ impl FieldTable {
 
     /// The value under `key` (first match), e.g. `x-message-ttl`.
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
-        self.0.iter().find(|(k, _)| k.as_bytes() == key.as_bytes()).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_bytes() == key.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// Sets `key`, replacing an existing value in place.
@@ -264,7 +267,10 @@ fn read_value(r: &mut Reader, depth: usize) -> Result<FieldValue, DecodeError> {
         b'l' | b'L' => FieldValue::I64(r.u64()? as i64),
         b'f' => FieldValue::F32(f32::from_bits(r.u32()?)),
         b'd' => FieldValue::F64(f64::from_bits(r.u64()?)),
-        b'D' => FieldValue::Decimal { scale: r.u8()?, value: r.u32()? },
+        b'D' => FieldValue::Decimal {
+            scale: r.u8()?,
+            value: r.u32()?,
+        },
         b'S' => FieldValue::LongStr(r.longstr()?),
         b'A' => FieldValue::Array(read_array(r.longstr()?, depth + 1)?),
         b'T' => FieldValue::Timestamp(r.u64()?),
@@ -293,7 +299,8 @@ mod tests {
         t.insert("capabilities", FieldValue::Table(caps));
         let mut out = BytesMut::new();
         t.encode(&mut out);
-        let expected: &[u8] = b"\x00\x00\x00\x27\x0ccapabilitiesF\x00\x00\x00\x15\x12publisher_confirmst\x01";
+        let expected: &[u8] =
+            b"\x00\x00\x00\x27\x0ccapabilitiesF\x00\x00\x00\x15\x12publisher_confirmst\x01";
         assert_eq!(&out[..], expected);
         assert_eq!(roundtrip(&t), t);
     }
@@ -311,12 +318,24 @@ mod tests {
             ("h".into(), FieldValue::I64(-1 << 40)),
             ("i".into(), FieldValue::F32(1.5)),
             ("j".into(), FieldValue::F64(-2.25)),
-            ("k".into(), FieldValue::Decimal { scale: 2, value: 12345 }),
+            (
+                "k".into(),
+                FieldValue::Decimal {
+                    scale: 2,
+                    value: 12345,
+                },
+            ),
             ("l".into(), FieldValue::LongStr(Bytes::from_static(b"long"))),
-            ("m".into(), FieldValue::Array(vec![FieldValue::Void, FieldValue::I8(1)])),
+            (
+                "m".into(),
+                FieldValue::Array(vec![FieldValue::Void, FieldValue::I8(1)]),
+            ),
             ("n".into(), FieldValue::Timestamp(1_700_000_000)),
             ("o".into(), FieldValue::Void),
-            ("p".into(), FieldValue::ByteArray(Bytes::from_static(b"\0\x01"))),
+            (
+                "p".into(),
+                FieldValue::ByteArray(Bytes::from_static(b"\0\x01")),
+            ),
         ]
         .into_iter()
         .collect();
@@ -327,7 +346,10 @@ mod tests {
     fn shortstr_value_reads_back_as_longstr() {
         let mut t = FieldTable::new();
         t.insert("k", FieldValue::ShortStr("v".into()));
-        assert_eq!(roundtrip(&t).get("k"), Some(&FieldValue::LongStr(Bytes::from_static(b"v"))));
+        assert_eq!(
+            roundtrip(&t).get("k"),
+            Some(&FieldValue::LongStr(Bytes::from_static(b"v")))
+        );
     }
 
     #[test]
@@ -340,7 +362,10 @@ mod tests {
         assert_eq!(t.get("a"), Some(&FieldValue::I64(-2)));
         assert_eq!(t.get("b"), Some(&FieldValue::I16(-2)));
         raw.truncate(raw.len() - 1);
-        assert_eq!(FieldTable::decode(raw.freeze()).unwrap_err(), DecodeError::Truncated);
+        assert_eq!(
+            FieldTable::decode(raw.freeze()).unwrap_err(),
+            DecodeError::Truncated
+        );
     }
 
     #[test]
@@ -370,6 +395,9 @@ mod tests {
         t.extend_from_slice(&((inner.len() + 2) as u32).to_be_bytes());
         t.extend_from_slice(b"\x01k");
         t.extend_from_slice(&inner);
-        assert_eq!(FieldTable::decode(t.freeze()).unwrap_err(), DecodeError::TooDeep(MAX_DEPTH));
+        assert_eq!(
+            FieldTable::decode(t.freeze()).unwrap_err(),
+            DecodeError::TooDeep(MAX_DEPTH)
+        );
     }
 }

@@ -85,16 +85,48 @@ fn seed_frames() -> Vec<(&'static str, BytesMut)> {
         arguments: FieldTable(vec![("x-message-ttl".into(), FieldValue::I32(1000))]),
     };
     encode_method(1, &declare, &mut b);
-    encode_method(1, &Method::BasicQos { prefetch_size: 0, prefetch_count: 10, global: false }, &mut b);
+    encode_method(
+        1,
+        &Method::BasicQos {
+            prefetch_size: 0,
+            prefetch_count: 10,
+            global: false,
+        },
+        &mut b,
+    );
     encode_method(1, &Method::ChannelCloseOk, &mut b);
-    encode_method(2, &Method::ChannelOpen { out_of_band: "".into() }, &mut b);
+    encode_method(
+        2,
+        &Method::ChannelOpen {
+            out_of_band: "".into(),
+        },
+        &mut b,
+    );
     encode_method(2, &Method::ConfirmSelect { nowait: false }, &mut b);
-    encode_method(2, &Method::ChannelClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }, &mut b);
+    encode_method(
+        2,
+        &Method::ChannelClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+        &mut b,
+    );
     encode_heartbeat(&mut b);
     seeds.push(("methods", b));
 
     let mut b = BytesMut::new();
-    encode_method(0, &Method::ConnectionClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 }, &mut b);
+    encode_method(
+        0,
+        &Method::ConnectionClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+        &mut b,
+    );
     seeds.push(("connection_close", b));
     seeds
 }

@@ -289,18 +289,15 @@ impl VHost {
                     "queue", arg, &name, &self.name, received, current,
                 ));
             }
-            for (key, value) in options.arguments.iter() {
-                if let Some(current) = cur.arguments.get(key)
-                    && !current.loosely_equals(value)
-                {
-                    return Err(inequivalent(
-                        "queue",
-                        key,
-                        &name,
-                        &self.name,
-                        show(value),
-                        show(current),
-                    ));
+            for key in EQUIVALENCE_ARGS {
+                let (received, current) = (options.arguments.get(key), cur.arguments.get(key));
+                let same = match (received, current) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => a.loosely_equals(b),
+                    _ => false,
+                };
+                if !same {
+                    return Err(inequivalent("queue", key, &name, &self.name, show_opt(received), show_opt(current)));
                 }
             }
             return Ok(declared(existing.clone()));
@@ -521,6 +518,27 @@ impl VHost {
     }
 }
 
+/// Queue arguments that must match on redeclare, as RabbitMQ checks them;
+/// other arguments are ignored on redeclare.
+const EQUIVALENCE_ARGS: [&str; 12] = [
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-queue-master-locator",
+];
+
+fn show_opt(v: Option<&Value>) -> String {
+    v.map(show).unwrap_or_else(|| "none".into())
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::ShortStr(b) | Value::LongStr(b) => String::from_utf8_lossy(b).into_owned(),
@@ -640,5 +658,26 @@ mod tests {
         v.bind_queue("q", "ad", "k", Table::default(), 1).unwrap();
         v.unbind_queue("q", "ad", "k", Table::default(), 1).unwrap();
         assert!(v.exchange("ad").is_err());
+    }
+
+    #[test]
+    fn queue_redeclare_compares_known_arguments() {
+        let v = VHost::new("/");
+        let with = |n: i64| QueueOptions {
+            arguments: Table(vec![("x-max-length".into(), Value::I64(n))]),
+            ..Default::default()
+        };
+        v.declare_queue("q", false, with(10), 1).unwrap();
+        assert!(v.declare_queue("q", false, with(10), 1).is_ok());
+        assert!(matches!(v.declare_queue("q", false, with(11), 1), Err(CoreError::PreconditionFailed(_))));
+        assert!(matches!(
+            v.declare_queue("q", false, QueueOptions::default(), 1),
+            Err(CoreError::PreconditionFailed(_))
+        ));
+        let unknown = QueueOptions {
+            arguments: Table(vec![("x-max-length".into(), Value::I32(10)), ("x-custom".into(), Value::Bool(true))]),
+            ..Default::default()
+        };
+        assert!(v.declare_queue("q", false, unknown, 1).is_ok());
     }
 }

@@ -42,9 +42,12 @@ async fn channel(conn: &Connection) -> Channel {
 
 async fn confirm_channel(conn: &Connection) -> Channel {
     let ch = channel(conn).await;
-    within("confirm.select", ch.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .expect("confirm.select");
+    within(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
     ch
 }
 
@@ -185,8 +188,12 @@ async fn wrong_password_is_refused() {
         ),
     )
     .await;
-    let err = res.err().expect("login with a wrong password must fail");
-    assert_eq!(reply_code(&err), Some(403), "ACCESS_REFUSED expected, got {err:?}");
+    let err = res.expect_err("login with a wrong password must fail");
+    assert_eq!(
+        reply_code(&err),
+        Some(403),
+        "ACCESS_REFUSED expected, got {err:?}"
+    );
     // A correct login still works afterwards.
     let conn = connect(&broker).await;
     channel(&conn).await;
@@ -240,8 +247,22 @@ async fn declare_exchange_queue_and_bind_then_route() {
     .await
     .expect("bind");
 
-    publish_confirmed(&ch, &x, "sensors.kitchen.temp", b"21.5", BasicProperties::default()).await;
-    publish_confirmed(&ch, &x, "sensors.kitchen.humidity", b"40", BasicProperties::default()).await;
+    publish_confirmed(
+        &ch,
+        &x,
+        "sensors.kitchen.temp",
+        b"21.5",
+        BasicProperties::default(),
+    )
+    .await;
+    publish_confirmed(
+        &ch,
+        &x,
+        "sensors.kitchen.humidity",
+        b"40",
+        BasicProperties::default(),
+    )
+    .await;
     assert_eq!(counts(&ch, &q).await, (1, 0));
     let m = get(&ch, &q, true).await.expect("routed message");
     assert_eq!(m.delivery.data, b"21.5");
@@ -259,7 +280,14 @@ async fn declare_exchange_queue_and_bind_then_route() {
     )
     .await
     .expect("unbind");
-    publish_confirmed(&ch, &x, "sensors.kitchen.temp", b"22", BasicProperties::default()).await;
+    publish_confirmed(
+        &ch,
+        &x,
+        "sensors.kitchen.temp",
+        b"22",
+        BasicProperties::default(),
+    )
+    .await;
     assert_eq!(counts(&ch, &q).await, (0, 0));
 
     within(
@@ -296,7 +324,10 @@ async fn publisher_confirms_ack_every_publish() {
     }
     for (i, c) in confirms.into_iter().enumerate() {
         let confirmation = within("publisher confirm", c).await.expect("confirm");
-        assert!(confirmation.is_ack(), "publish {i} acked, got {confirmation:?}");
+        assert!(
+            confirmation.is_ack(),
+            "publish {i} acked, got {confirmation:?}"
+        );
         assert!(confirmation.take_message().is_none());
     }
     let returned = within("wait_for_confirms", ch.wait_for_confirms())
@@ -313,7 +344,14 @@ async fn consume_with_prefetch_and_ack() {
     let publisher = confirm_channel(&conn).await;
     let q = temp_queue(&publisher).await;
     for i in 1..=5 {
-        publish_confirmed(&publisher, "", &q, format!("m{i}").as_bytes(), BasicProperties::default()).await;
+        publish_confirmed(
+            &publisher,
+            "",
+            &q,
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
 
     let ch = channel(&conn).await;
@@ -321,7 +359,10 @@ async fn consume_with_prefetch_and_ack() {
         .await
         .expect("qos");
     let mut consumer = consume(&ch, &q, false).await;
-    assert!(!consumer.tag().as_str().is_empty(), "server-generated consumer tag");
+    assert!(
+        !consumer.tag().as_str().is_empty(),
+        "server-generated consumer tag"
+    );
     let d1 = next_delivery(&mut consumer).await;
     let d2 = next_delivery(&mut consumer).await;
     assert_eq!((body(&d1), body(&d2)), ("m1".into(), "m2".into()));
@@ -337,14 +378,21 @@ async fn consume_with_prefetch_and_ack() {
     assert_eq!(counts(&publisher, &q).await, (2, 1));
 
     // One multiple ack covers m2 and m3.
-    within("ack multiple", d3.acker.ack(BasicAckOptions { multiple: true }))
-        .await
-        .expect("ack multiple");
+    within(
+        "ack multiple",
+        d3.acker.ack(BasicAckOptions { multiple: true }),
+    )
+    .await
+    .expect("ack multiple");
     let d4 = next_delivery(&mut consumer).await;
     let d5 = next_delivery(&mut consumer).await;
     assert_eq!((body(&d4), body(&d5)), ("m4".into(), "m5".into()));
-    within("ack", d4.acker.ack(BasicAckOptions::default())).await.expect("ack");
-    within("ack", d5.acker.ack(BasicAckOptions::default())).await.expect("ack");
+    within("ack", d4.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    within("ack", d5.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
     assert_eq!(counts(&ch, &q).await, (0, 1));
 
     within(
@@ -407,7 +455,10 @@ async fn basic_get_counts_and_empty() {
     let conn = connect(&broker).await;
     let ch = confirm_channel(&conn).await;
     let q = temp_queue(&ch).await;
-    assert!(get(&ch, &q, false).await.is_none(), "empty queue gives get-empty");
+    assert!(
+        get(&ch, &q, false).await.is_none(),
+        "empty queue gives get-empty"
+    );
     for b in ["a", "b", "c"] {
         publish_confirmed(&ch, "", &q, b.as_bytes(), BasicProperties::default()).await;
     }
@@ -436,7 +487,11 @@ async fn basic_get_counts_and_empty() {
     let c = get(&ch, &q, false).await.expect("c");
     assert_eq!(
         [&a2, &b2, &c].map(|m| (m.delivery.data.clone(), m.delivery.redelivered)),
-        [(b"a".to_vec(), true), (b"b".to_vec(), true), (b"c".to_vec(), false)]
+        [
+            (b"a".to_vec(), true),
+            (b"b".to_vec(), true),
+            (b"c".to_vec(), false)
+        ]
     );
     assert_eq!(c.message_count, 0);
     within(
@@ -471,7 +526,10 @@ async fn mandatory_unroutable_is_returned_with_312() {
     .await
     .expect("publish");
     let confirmation = within("publisher confirm", confirm).await.expect("confirm");
-    assert!(confirmation.is_ack(), "an unroutable message is still acked: {confirmation:?}");
+    assert!(
+        confirmation.is_ack(),
+        "an unroutable message is still acked: {confirmation:?}"
+    );
     let returned = confirmation
         .take_message()
         .expect("the mandatory unroutable message comes back");
@@ -481,7 +539,12 @@ async fn mandatory_unroutable_is_returned_with_312() {
     assert_eq!(returned.delivery.routing_key.as_str(), key);
     assert_eq!(returned.delivery.data, b"bounce");
     assert_eq!(
-        returned.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        returned
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("r-1")
     );
     assert_eq!(
@@ -532,7 +595,11 @@ async fn channel_error_404_leaves_the_connection_usable() {
     )
     .await
     .expect_err("passive declare of a missing queue must fail");
-    assert_eq!(reply_code(&err), Some(404), "NOT_FOUND expected, got {err:?}");
+    assert_eq!(
+        reply_code(&err),
+        Some(404),
+        "NOT_FOUND expected, got {err:?}"
+    );
     match err.kind() {
         lapin::ErrorKind::ProtocolError(e) => {
             assert_eq!(e.kind(), &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
@@ -556,7 +623,11 @@ async fn deleting_the_queue_ends_the_consumer_stream() {
     let q = unique("lapin-deleted");
     within(
         "queue.declare",
-        ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()),
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
     )
     .await
     .expect("declare");
@@ -571,8 +642,15 @@ async fn deleting_the_queue_ends_the_consumer_stream() {
     .expect("delete");
     assert_eq!(removed, 0);
 
-    let end = within("the consumer stream to end (server basic.cancel)", consumer.next()).await;
-    assert!(end.is_none(), "consumer stream ends after server cancel, got {end:?}");
+    let end = within(
+        "the consumer stream to end (server basic.cancel)",
+        consumer.next(),
+    )
+    .await;
+    assert!(
+        end.is_none(),
+        "consumer stream ends after server cancel, got {end:?}"
+    );
     // The channel survives the cancel.
     assert!(ch.status().connected());
     temp_queue(&ch).await;
@@ -586,7 +664,10 @@ async fn properties_and_headers_round_trip() {
     let q = temp_queue(&ch).await;
 
     let mut nested = FieldTable::default();
-    nested.insert("deep".into(), AMQPValue::LongString(LongString::from("yes")));
+    nested.insert(
+        "deep".into(),
+        AMQPValue::LongString(LongString::from("yes")),
+    );
     nested.insert(
         "list".into(),
         AMQPValue::FieldArray(FieldArray::from(vec![
@@ -597,7 +678,10 @@ async fn properties_and_headers_round_trip() {
     );
     let mut headers = FieldTable::default();
     headers.insert("str".into(), AMQPValue::LongString("plain".into()));
-    headers.insert("unicode".into(), AMQPValue::LongString("héllo ✓ 日本".into()));
+    headers.insert(
+        "unicode".into(),
+        AMQPValue::LongString("héllo ✓ 日本".into()),
+    );
     headers.insert("bool".into(), AMQPValue::Boolean(true));
     headers.insert("i8".into(), AMQPValue::ShortShortInt(-5));
     headers.insert("i16".into(), AMQPValue::ShortInt(-1000));
@@ -606,10 +690,16 @@ async fn properties_and_headers_round_trip() {
     headers.insert("f64".into(), AMQPValue::Double(2.25));
     headers.insert(
         "dec".into(),
-        AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 12345 }),
+        AMQPValue::DecimalValue(DecimalValue {
+            scale: 2,
+            value: 12345,
+        }),
     );
     headers.insert("ts".into(), AMQPValue::Timestamp(1_700_000_000));
-    headers.insert("bytes".into(), AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 254, 255])));
+    headers.insert(
+        "bytes".into(),
+        AMQPValue::ByteArray(ByteArray::from(vec![0u8, 1, 254, 255])),
+    );
     headers.insert("void".into(), AMQPValue::Void);
     headers.insert("nested".into(), AMQPValue::FieldTable(nested));
     headers.insert("empty".into(), AMQPValue::FieldTable(FieldTable::default()));

@@ -66,6 +66,8 @@ pub struct AmqpConsumer {
     pub channel: u16,
     /// Consumer tag.
     pub tag: Arc<str>,
+    /// The same tag as a wire string, shared by every basic.deliver.
+    pub wire_tag: tributary_amqp::ShortStr,
     /// basic.consume no-ack: deliveries are settled when sent.
     pub no_ack: bool,
     /// Per-consumer prefetch (0 = unlimited).

@@ -321,9 +321,7 @@ impl Session {
                 conn.send_content(
                     consumer.channel,
                     &Method::BasicDeliver {
-                        consumer_tag: ShortStr::from_bytes(Bytes::copy_from_slice(
-                            consumer.tag.as_bytes(),
-                        )),
+                        consumer_tag: consumer.wire_tag.clone(),
                         delivery_tag: tag,
                         redelivered: delivery.entry.redelivered,
                         exchange: ShortStr::from_bytes(m.exchange.clone()),
@@ -356,7 +354,7 @@ impl Session {
                         conn.send_method(
                             consumer.channel,
                             &Method::BasicCancel {
-                                consumer_tag: ShortStr::from(&*consumer.tag),
+                                consumer_tag: consumer.wire_tag.clone(),
                                 nowait: true,
                             },
                         );
@@ -921,6 +919,7 @@ impl Session {
         let consumer = Arc::new(AmqpConsumer {
             channel,
             tag: tag.clone(),
+            wire_tag: ShortStr::from(&*tag),
             no_ack,
             prefetch: ch.consumer_prefetch,
             unacked: AtomicU32::new(0),

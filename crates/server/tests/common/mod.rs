@@ -91,11 +91,11 @@ impl Broker {
             let mut tx = Some(tx);
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if let Some(tx_ref) = &tx {
-                    if let Some(addr) = parse_listen_addr(&line) {
-                        let _ = tx_ref.send(addr);
-                        tx = None;
-                    }
+                if let Some(tx_ref) = &tx
+                    && let Some(addr) = parse_listen_addr(&line)
+                {
+                    let _ = tx_ref.send(addr);
+                    tx = None;
                 }
                 let mut log = log.lock().unwrap();
                 if log.len() < 1 << 20 {
@@ -114,7 +114,10 @@ impl Broker {
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => broker.addr = addr,
             Err(e) => {
-                let status = broker.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let status = broker
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
                 panic!(
                     "broker did not log `{LISTEN_MARKER}...` ({e}; exit status {status:?})\nbroker stderr:\n{}",
                     broker.stderr()
@@ -170,12 +173,12 @@ pub fn binary() -> PathBuf {
 /// `TRIBUTARY_TEST_TARGET=rabbitmq:HOST:PORT` → `Some("HOST:PORT")`.
 pub fn external_target() -> Option<String> {
     let target = std::env::var("TRIBUTARY_TEST_TARGET").ok()?;
-    let rest = target
-        .strip_prefix("rabbitmq:")
-        .unwrap_or_else(|| panic!("TRIBUTARY_TEST_TARGET must be rabbitmq:HOST:PORT, got {target:?}"));
-    let (host, port) = rest
-        .rsplit_once(':')
-        .unwrap_or_else(|| panic!("TRIBUTARY_TEST_TARGET must be rabbitmq:HOST:PORT, got {target:?}"));
+    let rest = target.strip_prefix("rabbitmq:").unwrap_or_else(|| {
+        panic!("TRIBUTARY_TEST_TARGET must be rabbitmq:HOST:PORT, got {target:?}")
+    });
+    let (host, port) = rest.rsplit_once(':').unwrap_or_else(|| {
+        panic!("TRIBUTARY_TEST_TARGET must be rabbitmq:HOST:PORT, got {target:?}")
+    });
     port.parse::<u16>()
         .unwrap_or_else(|_| panic!("bad port in TRIBUTARY_TEST_TARGET={target:?}"));
     Some(format!("{host}:{port}"))
@@ -184,7 +187,10 @@ pub fn external_target() -> Option<String> {
 /// The `addr` of a `listening protocol=amqp addr=(\S+)` log line.
 fn parse_listen_addr(line: &str) -> Option<String> {
     let start = line.find(LISTEN_MARKER)? + LISTEN_MARKER.len();
-    let addr: String = line[start..].chars().take_while(|c| !c.is_whitespace()).collect();
+    let addr: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
     (!addr.is_empty()).then_some(addr)
 }
 
@@ -210,13 +216,18 @@ mod tests {
     #[test]
     fn parses_the_contract_log_line() {
         assert_eq!(
-            parse_listen_addr("2026-01-01T00:00:00Z  INFO tributary: listening protocol=amqp addr=127.0.0.1:40123"),
+            parse_listen_addr(
+                "2026-01-01T00:00:00Z  INFO tributary: listening protocol=amqp addr=127.0.0.1:40123"
+            ),
             Some("127.0.0.1:40123".to_string())
         );
         assert_eq!(
             parse_listen_addr("INFO listening protocol=amqp addr=[::1]:5672 extra=1"),
             Some("[::1]:5672".to_string())
         );
-        assert_eq!(parse_listen_addr("listening protocol=mqtt addr=127.0.0.1:1883"), None);
+        assert_eq!(
+            parse_listen_addr("listening protocol=mqtt addr=127.0.0.1:1883"),
+            None
+        );
     }
 }
