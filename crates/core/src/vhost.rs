@@ -297,7 +297,14 @@ impl VHost {
                     _ => false,
                 };
                 if !same {
-                    return Err(inequivalent("queue", key, &name, &self.name, show_opt(received), show_opt(current)));
+                    return Err(inequivalent(
+                        "queue",
+                        key,
+                        &name,
+                        &self.name,
+                        show_opt(received),
+                        show_opt(current),
+                    ));
                 }
             }
             return Ok(declared(existing.clone()));
@@ -669,13 +676,19 @@ mod tests {
         };
         v.declare_queue("q", false, with(10), 1).unwrap();
         assert!(v.declare_queue("q", false, with(10), 1).is_ok());
-        assert!(matches!(v.declare_queue("q", false, with(11), 1), Err(CoreError::PreconditionFailed(_))));
+        assert!(matches!(
+            v.declare_queue("q", false, with(11), 1),
+            Err(CoreError::PreconditionFailed(_))
+        ));
         assert!(matches!(
             v.declare_queue("q", false, QueueOptions::default(), 1),
             Err(CoreError::PreconditionFailed(_))
         ));
         let unknown = QueueOptions {
-            arguments: Table(vec![("x-max-length".into(), Value::I32(10)), ("x-custom".into(), Value::Bool(true))]),
+            arguments: Table(vec![
+                ("x-max-length".into(), Value::I32(10)),
+                ("x-custom".into(), Value::Bool(true)),
+            ]),
             ..Default::default()
         };
         assert!(v.declare_queue("q", false, unknown, 1).is_ok());

@@ -307,7 +307,7 @@ impl UserDb {
             }
             IpAddr::V4(v4) => v4.is_loopback(),
         };
-        if !loopback && self.loopback_users.iter().any(|u| *u == user.name) {
+        if !loopback && self.loopback_users.contains(&user.name) {
             return Err(AuthError::LoopbackOnly);
         }
         Ok(user)
