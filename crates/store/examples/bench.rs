@@ -67,7 +67,11 @@ fn main() {
         "store bench in {} (1 KiB bodies, fdatasync on)",
         base.display()
     );
-    for (style, window) in [("sync  ", 1), ("window", 256)] {
+    let rates = std::env::var_os("BENCH_SKIP_RATES").is_none();
+    for (style, window) in [("sync  ", 1), ("window", 256)]
+        .into_iter()
+        .filter(|_| rates)
+    {
         for threads in [1, 10] {
             let (rate, per_fsync) = confirmed_rate(&base.join("rate"), threads, window);
             println!(

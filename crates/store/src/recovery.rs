@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
@@ -58,12 +59,18 @@ pub(crate) fn recover(log_dir: &Path, clean: bool) -> Result<Recovered, StoreErr
     let mut deleted_at: HashMap<u64, (u64, u64)> = HashMap::new();
     let mut next_msg_id = 1u64;
     let mut bytes = 0u64;
+    let mut data: Vec<u8> = Vec::new();
 
     for (i, &seg) in ids.iter().enumerate() {
         let path = log_dir.join(segment_name(seg));
-        let data = fs::read(&path).map_err(io_err(&path))?;
+        // One buffer reused for every segment: no fresh (page-faulting) allocation per segment.
+        data.clear();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(io_err(&path))?;
+        let data = &data[..];
         let is_last = i + 1 == ids.len();
-        let scan = record::scan(&data, |off, rec_len, rec| match rec {
+        let scan = record::scan(data, |off, rec_len, rec| match rec {
             Record::Publish {
                 msg_id,
                 queues,

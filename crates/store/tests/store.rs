@@ -246,7 +246,7 @@ fn torn_tail_is_truncated() {
     // Cut the last record in half.
     let last = locs.last().unwrap();
     let cut = last.offset + last.len as u64 / 2;
-    assert_eq!(cut < len, true);
+    assert!(cut < len);
     OpenOptions::new()
         .write(true)
         .open(&seg)
@@ -377,7 +377,7 @@ fn reclaim_deletes_dead_segments_and_compacts_a_mostly_dead_one() {
     let files = segments(dir.path()).len() as u64;
     assert!(files <= 12, "{files} files");
     let (store, rec) = Store::open(dir.path(), opts(seg_size)).unwrap();
-    assert!(rec.queues.get(&1).is_none());
+    assert!(!rec.queues.contains_key(&1));
     assert_eq!(ids(&rec, 2), keep);
     for (m, (_, payload)) in rec.queues[&2].iter().zip(&keep_locs) {
         assert_eq!(m.payload.as_ref(), payload.as_slice());
