@@ -1,5 +1,6 @@
 //! The broker: the set of virtual hosts every protocol shares.
 
+use crate::persist::SharedPersistence;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -10,23 +11,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
-}
-
-impl Default for Broker {
-    fn default() -> Self {
-        let broker = Broker {
-            vhosts: RwLock::new(HashMap::new()),
-            next_connection: AtomicU64::new(1),
-        };
-        broker.vhosts.write().insert("/".into(), VHost::new("/"));
-        broker
-    }
+    persistence: Option<SharedPersistence>,
 }
 
 impl Broker {
-    /// A broker with the default vhost `/`.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// A broker with the default vhost `/`; with `persistence`, durable
+    /// definitions and persistent messages are written through it.
+    pub fn new(persistence: Option<SharedPersistence>) -> Arc<Self> {
+        let broker = Broker {
+            vhosts: RwLock::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            persistence: persistence.clone(),
+        };
+        broker
+            .vhosts
+            .write()
+            .insert("/".into(), VHost::new("/", persistence));
+        Arc::new(broker)
+    }
+
+    /// The persistence layer, if any.
+    pub fn persistence(&self) -> Option<&SharedPersistence> {
+        self.persistence.as_ref()
     }
 
     /// Looks a vhost up.

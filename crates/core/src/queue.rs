@@ -9,6 +9,7 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::message::{Message, Table};
+use crate::persist::SharedPersistence;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct Entry {
     pub message: Arc<Message>,
     /// True once the message was delivered before and came back.
     pub redelivered: bool,
+    /// The store's message id when this copy is persisted (persistent message, durable queue).
+    pub msg_id: Option<u64>,
 }
 
 /// A delivery handed to a consumer.
@@ -84,12 +87,22 @@ pub struct QueueOptions {
     pub arguments: Table,
 }
 
+/// Where a durable queue's persisted messages go.
+#[derive(Clone)]
+pub struct Durability {
+    /// The queue's id in the store.
+    pub id: u64,
+    /// The store.
+    pub persistence: SharedPersistence,
+}
+
 /// A queue.
 pub struct Queue {
     name: Arc<str>,
     vhost: Arc<str>,
     options: QueueOptions,
     owner: Option<ConnectionId>,
+    durability: Option<Durability>,
     state: Mutex<State>,
 }
 
@@ -119,14 +132,40 @@ impl Queue {
         name: Arc<str>,
         options: QueueOptions,
         owner: Option<ConnectionId>,
+        durability: Option<Durability>,
     ) -> Arc<Self> {
         Arc::new(Queue {
             name,
             vhost,
             options,
             owner,
+            durability,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// The store id of a durable queue backed by persistence.
+    pub fn durable_id(&self) -> Option<u64> {
+        self.durability.as_ref().map(|d| d.id)
+    }
+
+    /// The entry left the queue for good: record it in the store.
+    fn forget(&self, entry: &Entry) {
+        if let (Some(d), Some(id)) = (&self.durability, entry.msg_id) {
+            d.persistence.ack(d.id, id);
+        }
+    }
+
+    /// The entry is being handed out: record it so a restart flags it redelivered,
+    /// or, for deliveries that need no ack, drop it from the store.
+    fn handed_out(&self, msg_id: Option<u64>, redelivered: bool, no_ack: bool) {
+        if let (Some(d), Some(id)) = (&self.durability, msg_id) {
+            if no_ack {
+                d.persistence.ack(d.id, id);
+            } else if !redelivered {
+                d.persistence.delivered(d.id, id);
+            }
+        }
     }
 
     /// The queue's name.
@@ -176,8 +215,9 @@ impl Queue {
         self.state.lock().deleted
     }
 
-    /// Appends a routed message and feeds consumers.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Appends a routed message and feeds consumers. `msg_id` is the store id
+    /// when the message was persisted for this queue.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>, msg_id: Option<u64>) {
         let mut st = self.state.lock();
         if st.deleted {
             return;
@@ -189,8 +229,25 @@ impl Queue {
             seq,
             message,
             redelivered: false,
+            msg_id,
         });
         self.dispatch_locked(&mut st);
+    }
+
+    /// Puts recovered messages back (in their log order) after a restart.
+    pub fn restore(&self, messages: impl IntoIterator<Item = (Arc<Message>, u64, bool)>) {
+        let mut st = self.state.lock();
+        for (message, msg_id, redelivered) in messages {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.ready_bytes += message.size();
+            st.ready.push_back(Entry {
+                seq,
+                message,
+                redelivered,
+                msg_id: Some(msg_id),
+            });
+        }
     }
 
     /// Feeds consumers that have credit; call after credit comes back.
@@ -216,13 +273,18 @@ impl Queue {
             let consumer = &st.consumers[idx];
             let sink = consumer.sink.clone();
             let counted = !consumer.no_ack;
+            let (msg_id, redelivered) = (entry.msg_id, entry.redelivered);
             if counted {
                 st.unacked += 1;
             }
-            if let Err(back) = sink.deliver(Delivery {
+            let result = sink.deliver(Delivery {
                 queue: self.clone(),
                 entry,
-            }) {
+            });
+            if result.is_ok() {
+                self.handed_out(msg_id, redelivered, !counted);
+            }
+            if let Err(back) = result {
                 if counted {
                     st.unacked -= 1;
                 }
@@ -242,16 +304,20 @@ impl Queue {
         }
         let entry = st.ready.pop_front()?;
         st.ready_bytes -= entry.message.size();
+        self.handed_out(entry.msg_id, entry.redelivered, no_ack);
         if !no_ack {
             st.unacked += 1;
         }
         Some((entry, st.ready.len()))
     }
 
-    /// Settles `count` deliveries as acknowledged (or dropped).
-    pub fn settle(&self, count: usize) {
+    /// Settles a delivery as acknowledged (or dropped): it leaves the queue for good.
+    pub fn settle(&self, entry: &Entry) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(count);
+        st.unacked = st.unacked.saturating_sub(1);
+        if !st.deleted {
+            self.forget(entry);
+        }
     }
 
     /// Puts unacknowledged deliveries back in their original places, flagged
@@ -279,7 +345,9 @@ impl Queue {
     pub fn purge(&self) -> usize {
         let mut st = self.state.lock();
         let n = st.ready.len();
-        st.ready.clear();
+        for entry in std::mem::take(&mut st.ready) {
+            self.forget(&entry);
+        }
         st.ready_bytes = 0;
         n
     }
@@ -345,6 +413,9 @@ impl Queue {
             let sinks: Vec<_> = st.consumers.drain(..).map(|c| c.sink).collect();
             (n, sinks)
         };
+        if let Some(d) = &self.durability {
+            d.persistence.queue_deleted(d.id);
+        }
         for sink in sinks {
             sink.cancelled();
         }
@@ -416,7 +487,7 @@ mod tests {
     }
 
     fn queue() -> Arc<Queue> {
-        Queue::new("/".into(), "q".into(), QueueOptions::default(), None)
+        Queue::new("/".into(), "q".into(), QueueOptions::default(), None, None)
     }
 
     #[test]
@@ -426,7 +497,7 @@ mod tests {
         q.add_consumer("c".into(), 1, 1, false, false, s.clone())
             .unwrap();
         for b in ["1", "2", "3"] {
-            q.publish(msg(b));
+            q.publish(msg(b), None);
         }
         assert_eq!(s.got.lock().len(), 2);
         assert_eq!(q.stats().ready, 1);
@@ -440,7 +511,7 @@ mod tests {
     fn requeue_keeps_place_and_flags_redelivered() {
         let q = queue();
         for b in ["1", "2", "3"] {
-            q.publish(msg(b));
+            q.publish(msg(b), None);
         }
         let (a, _) = q.get(false).unwrap();
         let (b, _) = q.get(false).unwrap();
@@ -464,7 +535,7 @@ mod tests {
         q.add_consumer("b".into(), 1, 1, false, false, b.clone())
             .unwrap();
         for _ in 0..4 {
-            q.publish(msg("x"));
+            q.publish(msg("x"), None);
         }
         assert_eq!(a.got.lock().len(), 2);
         assert_eq!(b.got.lock().len(), 2);

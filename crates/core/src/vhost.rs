@@ -3,7 +3,8 @@
 use crate::error::{CoreError, CoreResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, Properties, Table, Value};
-use crate::queue::{ConnectionId, Queue, QueueOptions};
+use crate::persist::{BindingDef, ExchangeDef, QueueDef, SharedPersistence};
+use crate::queue::{ConnectionId, Durability, Queue, QueueOptions};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct VHost {
     name: Arc<str>,
     exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    persistence: Option<SharedPersistence>,
 }
 
 /// What a publish reached.
@@ -57,11 +59,12 @@ fn reserved(what: &str, name: &str) -> CoreError {
 
 impl VHost {
     /// A vhost with the standard exchanges (the default one and `amq.*`).
-    pub fn new(name: &str) -> Arc<Self> {
+    pub fn new(name: &str, persistence: Option<SharedPersistence>) -> Arc<Self> {
         let vhost = VHost {
             name: name.into(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
+            persistence,
         };
         {
             let mut ex = vhost.exchanges.write();
@@ -199,7 +202,167 @@ impl VHost {
         let name: Arc<str> = name.into();
         let exchange = Exchange::new(name.clone(), options);
         exchanges.insert(name, exchange.clone());
+        drop(exchanges);
+        self.persist_exchange(&exchange);
         Ok(exchange)
+    }
+
+    /// Re-creates a durable exchange from the store at start-up.
+    pub fn restore_exchange(&self, def: ExchangeDef) {
+        let name: Arc<str> = def.name.into();
+        self.exchanges
+            .write()
+            .insert(name.clone(), Exchange::new(name, def.options));
+    }
+
+    /// Re-creates a durable queue from the store at start-up.
+    pub fn restore_queue(&self, def: QueueDef) -> Arc<Queue> {
+        let name: Arc<str> = def.name.into();
+        let durability = self.persistence.clone().map(|persistence| Durability {
+            id: def.id,
+            persistence,
+        });
+        let queue = Queue::new(
+            self.name.clone(),
+            name.clone(),
+            def.options,
+            None,
+            durability,
+        );
+        self.queues.write().insert(name, queue.clone());
+        queue
+    }
+
+    /// Re-creates a durable binding from the store at start-up; false when an end is missing.
+    pub fn restore_binding(&self, def: BindingDef) -> bool {
+        let Ok(source) = self.exchange(&def.source) else {
+            return false;
+        };
+        let destination = if def.to_exchange {
+            match self.exchange(&def.destination) {
+                Ok(d) => Destination::Exchange(d.name().into()),
+                Err(_) => return false,
+            }
+        } else {
+            match self.queues.read().get(def.destination.as_str()) {
+                Some(q) => Destination::Queue(q.clone()),
+                None => return false,
+            }
+        };
+        source.bind(Binding {
+            destination,
+            key: def.key,
+            arguments: def.arguments,
+        });
+        true
+    }
+
+    fn persist_exchange(&self, x: &Exchange) {
+        if let Some(p) = &self.persistence
+            && x.options().durable
+        {
+            let def = ExchangeDef {
+                vhost: self.name.to_string(),
+                name: x.name().to_string(),
+                options: x.options().clone(),
+            };
+            p.put_definition(
+                "exchange",
+                &ExchangeDef::key(&self.name, x.name()),
+                &def.encode(),
+            );
+        }
+    }
+
+    fn unpersist_exchange(&self, x: &Exchange) {
+        if let Some(p) = &self.persistence
+            && x.options().durable
+        {
+            p.delete_definition("exchange", &ExchangeDef::key(&self.name, x.name()));
+        }
+    }
+
+    /// The stored form of a binding, when both ends are durable.
+    fn binding_def(
+        &self,
+        source: &Exchange,
+        binding: &Binding,
+        destination_durable: bool,
+    ) -> Option<BindingDef> {
+        self.persistence.as_ref()?;
+        if !source.options().durable || !destination_durable {
+            return None;
+        }
+        let (to_exchange, destination) = match &binding.destination {
+            Destination::Queue(q) => (false, q.name().to_string()),
+            Destination::Exchange(n) => (true, n.to_string()),
+        };
+        Some(BindingDef {
+            vhost: self.name.to_string(),
+            source: source.name().to_string(),
+            to_exchange,
+            destination,
+            key: binding.key.clone(),
+            arguments: binding.arguments.clone(),
+        })
+    }
+
+    fn destination_durable(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Queue(q) => q.durable_id().is_some(),
+            Destination::Exchange(n) => self
+                .exchanges
+                .read()
+                .get(n)
+                .is_some_and(|x| x.options().durable),
+        }
+    }
+
+    fn bind_persisted(&self, source: &Exchange, binding: Binding) {
+        let durable = self.destination_durable(&binding.destination);
+        let def = self.binding_def(source, &binding, durable);
+        if source.bind(binding)
+            && let (Some(def), Some(p)) = (def, &self.persistence)
+        {
+            p.put_definition("binding", &def.key(), &def.encode());
+        }
+    }
+
+    /// Removes bindings and their stored forms; true when any was removed.
+    fn unbind_persisted(
+        &self,
+        source: &Exchange,
+        bindings: &[Binding],
+        destination_durable: bool,
+    ) -> bool {
+        let mut any = false;
+        for b in bindings {
+            if source.unbind(b) {
+                any = true;
+                if let (Some(def), Some(p)) = (
+                    self.binding_def(source, b, destination_durable),
+                    &self.persistence,
+                ) {
+                    p.delete_definition("binding", &def.key());
+                }
+            }
+        }
+        any
+    }
+
+    /// Removes every binding from any exchange to `destination`.
+    fn unbind_everywhere(&self, destination: &Destination, destination_durable: bool) {
+        for exchange in self.exchanges() {
+            let doomed: Vec<Binding> = exchange
+                .bindings()
+                .into_iter()
+                .filter(|b| b.destination == *destination)
+                .collect();
+            if !doomed.is_empty() && self.unbind_persisted(&exchange, &doomed, destination_durable)
+            {
+                self.auto_delete_exchange(&exchange);
+            }
+        }
     }
 
     /// exchange.delete.
@@ -221,14 +384,15 @@ impl VHost {
             )));
         }
         exchanges.remove(name);
-        let dest = Destination::Exchange(exchange.name().into());
-        let sources: Vec<_> = exchanges.values().cloned().collect();
         drop(exchanges);
-        for source in sources {
-            if source.unbind_destination(&dest) > 0 {
-                self.auto_delete_exchange(&source);
-            }
+        self.unpersist_exchange(&exchange);
+        let own: Vec<Binding> = exchange.bindings();
+        for b in &own {
+            let durable = self.destination_durable(&b.destination);
+            self.unbind_persisted(&exchange, std::slice::from_ref(b), durable);
         }
+        let dest = Destination::Exchange(exchange.name().into());
+        self.unbind_everywhere(&dest, exchange.options().durable);
         Ok(())
     }
 
@@ -240,6 +404,8 @@ impl VHost {
                 .is_some_and(|e| Arc::ptr_eq(e, exchange))
             {
                 exchanges.remove(exchange.name());
+                drop(exchanges);
+                self.unpersist_exchange(exchange);
             }
         }
     }
@@ -310,7 +476,25 @@ impl VHost {
             return Ok(declared(existing.clone()));
         }
         let owner = options.exclusive.then_some(conn);
-        let queue = Queue::new(self.name.clone(), name.clone(), options, owner);
+        // Exclusive queues die with their connection, so they are never persisted.
+        let durability = match &self.persistence {
+            Some(p) if options.durable && !options.exclusive => Some(Durability {
+                id: p.next_queue_id(),
+                persistence: p.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(d) = &durability {
+            let def = QueueDef {
+                vhost: self.name.to_string(),
+                name: name.to_string(),
+                id: d.id,
+                options: options.clone(),
+            };
+            d.persistence
+                .put_definition("queue", &QueueDef::key(&self.name, &name), &def.encode());
+        }
+        let queue = Queue::new(self.name.clone(), name.clone(), options, owner, durability);
         queues.insert(name, queue.clone());
         Ok(declared(queue))
     }
@@ -344,12 +528,11 @@ impl VHost {
                 _ => return 0,
             }
         }
-        let dest = Destination::Queue(queue.clone());
-        for exchange in self.exchanges() {
-            if exchange.unbind_destination(&dest) > 0 {
-                self.auto_delete_exchange(&exchange);
-            }
+        let durable = queue.durable_id().is_some();
+        if durable && let Some(p) = &self.persistence {
+            p.delete_definition("queue", &QueueDef::key(&self.name, queue.name()));
         }
+        self.unbind_everywhere(&Destination::Queue(queue.clone()), durable);
         queue.mark_deleted()
     }
 
@@ -388,11 +571,14 @@ impl VHost {
         }
         let q = self.queue(queue, conn)?;
         let x = self.exchange(exchange)?;
-        x.bind(Binding {
-            destination: Destination::Queue(q),
-            key: key.to_string(),
-            arguments,
-        });
+        self.bind_persisted(
+            &x,
+            Binding {
+                destination: Destination::Queue(q),
+                key: key.to_string(),
+                arguments,
+            },
+        );
         Ok(())
     }
 
@@ -410,11 +596,13 @@ impl VHost {
         }
         let q = self.queue(queue, conn)?;
         let x = self.exchange(exchange)?;
-        if x.unbind(&Binding {
+        let durable = q.durable_id().is_some();
+        let b = Binding {
             destination: Destination::Queue(q),
             key: key.to_string(),
             arguments,
-        }) {
+        };
+        if self.unbind_persisted(&x, &[b], durable) {
             self.auto_delete_exchange(&x);
         }
         Ok(())
@@ -433,11 +621,14 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        s.bind(Binding {
-            destination: Destination::Exchange(d.name().into()),
-            key: key.to_string(),
-            arguments,
-        });
+        self.bind_persisted(
+            &s,
+            Binding {
+                destination: Destination::Exchange(d.name().into()),
+                key: key.to_string(),
+                arguments,
+            },
+        );
         Ok(())
     }
 
@@ -454,11 +645,12 @@ impl VHost {
         }
         let d = self.exchange(destination)?;
         let s = self.exchange(source)?;
-        if s.unbind(&Binding {
+        let b = Binding {
             destination: Destination::Exchange(d.name().into()),
             key: key.to_string(),
             arguments,
-        }) {
+        };
+        if self.unbind_persisted(&s, &[b], d.options().durable) {
             self.auto_delete_exchange(&s);
         }
         Ok(())
@@ -518,10 +710,34 @@ impl VHost {
         let exchange = std::str::from_utf8(&message.exchange)
             .map_err(|_| self.no_exchange("<invalid utf-8>"))?;
         self.route(exchange, &message.routing_key, &message.properties, routed)?;
-        for q in &routed.queues {
-            q.publish(message.clone());
-        }
+        self.enqueue(&message, &routed.queues);
         Ok(routed.queues.len())
+    }
+
+    /// Appends a routed message to its queues. A persistent message is written
+    /// to the store once for all the durable queues among them; returns true
+    /// when it was, so the caller waits for durability before confirming.
+    pub fn enqueue(&self, message: &Arc<Message>, queues: &[Arc<Queue>]) -> bool {
+        let mut msg_id = None;
+        if message.properties.is_persistent()
+            && let Some(p) = &self.persistence
+        {
+            let ids: Vec<u64> = queues.iter().filter_map(|q| q.durable_id()).collect();
+            if !ids.is_empty() {
+                let id = p.next_msg_id();
+                p.publish(id, &ids, message);
+                msg_id = Some(id);
+            }
+        }
+        for q in queues {
+            let persisted = if q.durable_id().is_some() {
+                msg_id
+            } else {
+                None
+            };
+            q.publish(message.clone(), persisted);
+        }
+        msg_id.is_some()
     }
 }
 
@@ -587,7 +803,7 @@ mod tests {
 
     #[test]
     fn standard_exchanges_exist_and_amq_prefix_is_reserved() {
-        let v = VHost::new("/");
+        let v = VHost::new("/", None);
         for name in [
             "amq.direct",
             "amq.fanout",
@@ -614,7 +830,7 @@ mod tests {
 
     #[test]
     fn exchange_to_exchange_with_cycle() {
-        let v = VHost::new("/");
+        let v = VHost::new("/", None);
         v.declare_exchange("a", "fanout", false, opts).unwrap();
         v.declare_exchange("b", "fanout", false, opts).unwrap();
         v.declare_queue("q", false, QueueOptions::default(), 1)
@@ -627,7 +843,7 @@ mod tests {
 
     #[test]
     fn default_exchange_routes_by_queue_name() {
-        let v = VHost::new("/");
+        let v = VHost::new("/", None);
         v.declare_queue("q1", false, QueueOptions::default(), 1)
             .unwrap();
         assert_eq!(publish(&v, "", "q1"), vec!["q1"]);
@@ -636,7 +852,7 @@ mod tests {
 
     #[test]
     fn exclusive_queue_is_locked_and_removed_with_owner() {
-        let v = VHost::new("/");
+        let v = VHost::new("/", None);
         let o = QueueOptions {
             exclusive: true,
             ..Default::default()
@@ -654,7 +870,7 @@ mod tests {
 
     #[test]
     fn auto_delete_exchange_goes_with_last_binding() {
-        let v = VHost::new("/");
+        let v = VHost::new("/", None);
         v.declare_exchange("ad", "direct", false, |k| ExchangeOptions {
             auto_delete: true,
             ..opts(k)
@@ -669,7 +885,7 @@ mod tests {
 
     #[test]
     fn queue_redeclare_compares_known_arguments() {
-        let v = VHost::new("/");
+        let v = VHost::new("/", None);
         let with = |n: i64| QueueOptions {
             arguments: Table(vec![("x-max-length".into(), Value::I64(n))]),
             ..Default::default()

@@ -2,6 +2,7 @@
 
 mod amqp;
 mod config;
+mod persistence;
 mod serve;
 mod users;
 

@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tributary_amqp::ConnectionConfig;
-use tributary_core::Broker;
 
 /// How long shutdown waits for connections to finish their close handshake.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,7 +27,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let admin = UserAdmin::open(&data_dir)?;
     admin.ensure_initialised(config.auth.create_guest)?;
     let users = Arc::new(UserDb::open(&data_dir, config.auth.loopback_users.clone())?);
-    let broker = Broker::new();
+    let (broker, store) = crate::persistence::open(&data_dir.join("store"))?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracing::info!(data_dir = %data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting Tributary");
@@ -69,6 +68,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("some connections did not close in time");
+    }
+    if let Err(e) = store.close() {
+        tracing::error!(error = %e, "closing the message store failed");
     }
     tracing::info!("stopped");
     Ok(())

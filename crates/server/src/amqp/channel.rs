@@ -71,9 +71,50 @@ pub struct Channel {
     pub tx: Option<Vec<TxOp>>,
     /// Last queue declared on the channel (an empty queue name means it).
     pub last_queue: Option<Arc<str>>,
+    /// Distinguishes successive openings of the same channel number, so a late
+    /// durability notice never confirms a publish of a newer channel.
+    pub epoch: u64,
+    /// Confirm sequence numbers whose messages wait for the store's fsync, in order.
+    pub awaiting_durable: VecDeque<u64>,
+    /// Every publish up to this sequence number has been confirmed (or is about to be).
+    pub confirmed_upto: u64,
 }
 
 impl Channel {
+    /// A channel numbered for its `epoch`.
+    pub fn new(epoch: u64) -> Self {
+        Channel {
+            epoch,
+            ..Channel::default()
+        }
+    }
+
+    /// Records publish `seq` in confirm mode; `waits_for_disk` holds its
+    /// confirm (and every later one) until the store reports it durable.
+    pub fn published(&mut self, seq: u64, waits_for_disk: bool) {
+        if waits_for_disk {
+            self.awaiting_durable.push_back(seq);
+        }
+        self.advance_confirms();
+    }
+
+    /// The store made everything up to publish `seq` durable.
+    pub fn durable(&mut self, seq: u64) {
+        while self.awaiting_durable.front().is_some_and(|s| *s <= seq) {
+            self.awaiting_durable.pop_front();
+        }
+        self.advance_confirms();
+    }
+
+    fn advance_confirms(&mut self) {
+        let last = self.confirm_seq.unwrap_or(0);
+        let upto = self.awaiting_durable.front().map(|f| f - 1).unwrap_or(last);
+        if upto > self.confirmed_upto {
+            self.confirmed_upto = upto;
+            self.confirm_pending = Some(upto);
+        }
+    }
+
     /// Takes the unacked deliveries a settle refers to: `tag` alone, or with
     /// `multiple` every tag up to it (tag 0 + multiple = all). None when a tag
     /// is unknown (406 for the caller).
@@ -116,7 +157,7 @@ pub fn settle(deliveries: Vec<Unacked>, outcome: Outcome) {
                 Some((_, v)) => v.push(u.entry),
                 None => requeue.push((u.queue, vec![u.entry])),
             },
-            Outcome::Ack | Outcome::Discard => u.queue.settle(1),
+            Outcome::Ack | Outcome::Discard => u.queue.settle(&u.entry),
         }
     }
     for (q, entries) in requeue {

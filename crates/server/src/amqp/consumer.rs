@@ -16,6 +16,22 @@ pub enum Outbound {
     Deliver(Arc<AmqpConsumer>, Delivery),
     /// A queue was deleted under one of its consumers.
     Cancelled(Arc<AmqpConsumer>),
+    /// A persistent publish (confirm sequence `seq`) is on disk.
+    Durable {
+        /// Channel number.
+        channel: u16,
+        /// Which opening of that channel number.
+        epoch: u64,
+        /// Publish sequence number.
+        seq: u64,
+    },
+    /// A committed transaction's persistent messages are on disk: send tx.commit-ok.
+    TxDurable {
+        /// Channel number.
+        channel: u16,
+        /// Which opening of that channel number.
+        epoch: u64,
+    },
 }
 
 /// Connection-wide state shared with the queues.

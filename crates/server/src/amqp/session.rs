@@ -55,6 +55,7 @@ pub struct Session {
     tx: UnboundedSender<Outbound>,
     cancel_notify: bool,
     routed: Routed,
+    next_epoch: u64,
 }
 
 fn method_ids(m: &Method) -> (u16, u16) {
@@ -89,6 +90,7 @@ impl Session {
             tx,
             cancel_notify: false,
             routed: Routed::default(),
+            next_epoch: 0,
         }
     }
 
@@ -152,7 +154,8 @@ impl Session {
                 Flow::Continue
             }
             Event::ChannelOpened { channel } => {
-                self.channels.insert(channel, Channel::default());
+                self.next_epoch += 1;
+                self.channels.insert(channel, Channel::new(self.next_epoch));
                 Flow::Continue
             }
             Event::ChannelClosed { channel } => {
@@ -200,7 +203,10 @@ impl Session {
     fn vhost(&self) -> Arc<VHost> {
         match &self.vhost {
             Some(v) => v.clone(),
-            None => self.broker.vhost("/").unwrap_or_else(|| VHost::new("/")),
+            None => self
+                .broker
+                .vhost("/")
+                .unwrap_or_else(|| VHost::new("/", None)),
         }
     }
 
@@ -339,6 +345,27 @@ impl Session {
                     });
                 }
             }
+            Outbound::Durable {
+                channel,
+                epoch,
+                seq,
+            } => {
+                if let Some(ch) = self.channels.get_mut(&channel)
+                    && ch.epoch == epoch
+                {
+                    ch.durable(seq);
+                }
+            }
+            Outbound::TxDurable { channel, epoch } => {
+                if self
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|ch| ch.epoch == epoch)
+                    && conn.is_open()
+                {
+                    conn.send_method(channel, &Method::TxCommitOk);
+                }
+            }
             Outbound::Cancelled(consumer) => {
                 let Some(ch) = self.channels.get_mut(&consumer.channel) else {
                     return;
@@ -441,20 +468,30 @@ impl Session {
                         &message.body,
                     );
                 }
+                let mut on_disk = false;
                 if in_tx {
                     if let Some(tx) = self.channels.get_mut(&channel).and_then(|c| c.tx.as_mut()) {
                         tx.push(TxOp::Publish(message, routed.queues.clone()));
                     }
                 } else {
-                    for q in &routed.queues {
-                        q.publish(message.clone());
-                    }
+                    on_disk = vhost.enqueue(&message, &routed.queues);
                 }
                 if let Some(ch) = self.channels.get_mut(&channel)
                     && let Some(seq) = ch.confirm_seq.as_mut()
                 {
                     *seq += 1;
-                    ch.confirm_pending = Some(*seq);
+                    let seq = *seq;
+                    if on_disk && let Some(p) = self.broker.persistence() {
+                        let (tx, epoch) = (self.tx.clone(), ch.epoch);
+                        p.when_durable(Box::new(move || {
+                            let _ = tx.send(Outbound::Durable {
+                                channel,
+                                epoch,
+                                seq,
+                            });
+                        }));
+                    }
+                    ch.published(seq, on_disk);
                 }
             }
         }
@@ -840,12 +877,11 @@ impl Session {
                         ));
                     }
                 };
+                let mut on_disk = false;
                 for op in ops {
                     match op {
                         TxOp::Publish(message, queues) => {
-                            for q in queues {
-                                q.publish(message.clone());
-                            }
+                            on_disk |= vhost.enqueue(&message, &queues);
                         }
                         TxOp::Settle { tags, outcome } => {
                             let Some(ch) = self.channels.get_mut(&channel) else {
@@ -861,7 +897,20 @@ impl Session {
                         }
                     }
                 }
-                conn.send_method(channel, &Method::TxCommitOk);
+                match (
+                    on_disk,
+                    self.broker.persistence(),
+                    self.channels.get(&channel),
+                ) {
+                    (true, Some(p), Some(ch)) => {
+                        // commit-ok only once the committed messages are on disk.
+                        let (tx, epoch) = (self.tx.clone(), ch.epoch);
+                        p.when_durable(Box::new(move || {
+                            let _ = tx.send(Outbound::TxDurable { channel, epoch });
+                        }));
+                    }
+                    _ => conn.send_method(channel, &Method::TxCommitOk),
+                }
                 self.redispatch_channel(channel);
             }
             Method::TxRollback => {

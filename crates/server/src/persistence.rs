@@ -1,0 +1,164 @@
+//! The store crate plugged in behind the core's `Persistence` seam, and the
+//! start-up recovery that rebuilds durable definitions and messages from it.
+
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tributary_core::persist::{BindingDef, ExchangeDef, QueueDef, decode_message, encode_message};
+use tributary_core::{Broker, Message, Persistence};
+use tributary_store::{Recovery, Store, StoreOptions};
+
+const EXCHANGES: &str = "exchanges";
+const QUEUES: &str = "queues";
+const BINDINGS: &str = "bindings";
+
+/// `Persistence` over the segment log and its metadata tables.
+pub struct StorePersistence {
+    store: Arc<Store>,
+    next_queue_id: AtomicU64,
+}
+
+fn table(kind: &str) -> &'static str {
+    match kind {
+        "exchange" => EXCHANGES,
+        "queue" => QUEUES,
+        _ => BINDINGS,
+    }
+}
+
+impl Persistence for StorePersistence {
+    fn next_msg_id(&self) -> u64 {
+        self.store.next_msg_id()
+    }
+
+    fn next_queue_id(&self) -> u64 {
+        self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn publish(&self, msg_id: u64, queues: &[u64], message: &Message) {
+        let payload = encode_message(message);
+        if let Err(e) = self.store.try_append_publish(msg_id, queues, &payload) {
+            tracing::error!(error = %e, msg_id, "cannot persist a message");
+        }
+    }
+
+    fn ack(&self, queue: u64, msg_id: u64) {
+        self.store.append_ack(queue, msg_id);
+    }
+
+    fn delivered(&self, queue: u64, msg_id: u64) {
+        self.store.append_delivered(queue, msg_id);
+    }
+
+    fn when_durable(&self, done: Box<dyn FnOnce() + Send>) {
+        self.store.on_durable(Box::new(move |_proof| done()));
+    }
+
+    fn put_definition(&self, kind: &str, key: &str, value: &[u8]) {
+        if let Err(e) = self.store.meta_put(table(kind), key, value) {
+            tracing::error!(error = %e, kind, "cannot persist a definition");
+        }
+    }
+
+    fn delete_definition(&self, kind: &str, key: &str) {
+        if let Err(e) = self.store.meta_delete(table(kind), key) {
+            tracing::error!(error = %e, kind, "cannot delete a stored definition");
+        }
+    }
+
+    fn queue_deleted(&self, queue: u64) {
+        self.store.append_queue_deleted(queue);
+    }
+}
+
+/// Opens the store in `dir`, builds the broker on it and restores everything
+/// durable: exchanges, queues, bindings, then each queue's messages in order.
+pub fn open(dir: &Path) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
+    let (store, recovery) = Store::open(dir, StoreOptions::default())
+        .with_context(|| format!("cannot open the message store in {}", dir.display()))?;
+    report(&recovery);
+    let queue_defs: Vec<QueueDef> = decode_all(&store, QUEUES, QueueDef::decode)?;
+    let next_queue_id = queue_defs.iter().map(|q| q.id).max().unwrap_or(0) + 1;
+    let persistence = Arc::new(StorePersistence {
+        store: store.clone(),
+        next_queue_id: AtomicU64::new(next_queue_id),
+    });
+    let broker = Broker::new(Some(persistence));
+    for def in decode_all(&store, EXCHANGES, ExchangeDef::decode)? {
+        if let Some(v) = broker.vhost(&def.vhost) {
+            v.restore_exchange(def);
+        }
+    }
+    let Recovery { mut queues, .. } = recovery;
+    let mut restored = 0usize;
+    for def in queue_defs {
+        let Some(v) = broker.vhost(&def.vhost) else {
+            continue;
+        };
+        let id = def.id;
+        let queue = v.restore_queue(def);
+        let messages = queues.remove(&id).unwrap_or_default();
+        restored += messages.len();
+        queue.restore(messages.into_iter().filter_map(|m| match decode_message(m.payload) {
+            Ok(message) => Some((Arc::new(message), m.msg_id, m.delivered)),
+            Err(e) => {
+                tracing::warn!(msg_id = m.msg_id, error = %e, "skipping an undecodable stored message");
+                None
+            }
+        }));
+    }
+    for def in decode_all(&store, BINDINGS, BindingDef::decode)? {
+        if let Some(v) = broker.vhost(&def.vhost)
+            && !v.restore_binding(def.clone())
+        {
+            tracing::warn!(source = %def.source, destination = %def.destination, "dropping a stored binding whose ends are gone");
+        }
+    }
+    for orphan in queues.keys() {
+        store.append_queue_deleted(*orphan);
+    }
+    tracing::info!(messages = restored, "recovered durable state");
+    Ok((broker, store))
+}
+
+fn decode_all<T>(
+    store: &Store,
+    table: &str,
+    decode: impl Fn(&[u8]) -> Result<T, tributary_core::persist::DecodeError>,
+) -> anyhow::Result<Vec<T>> {
+    let rows = store
+        .meta_list(table)
+        .with_context(|| format!("cannot read stored {table}"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, value)| match decode(&value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(table, key = %key.replace('\u{0}', "/"), error = %e, "skipping an undecodable stored definition");
+                None
+            }
+        })
+        .collect())
+}
+
+fn report(recovery: &Recovery) {
+    let r = &recovery.report;
+    for d in &r.truncated {
+        tracing::warn!(segment = d.segment, offset = d.offset, bytes = d.bytes, reason = %d.reason, "message store: truncated a torn tail (never confirmed)");
+    }
+    for d in &r.corrupt {
+        tracing::warn!(segment = d.segment, offset = d.offset, bytes = d.bytes, reason = %d.reason, "message store: skipped a corrupt record");
+    }
+    for d in &r.scan_stopped {
+        tracing::warn!(segment = d.segment, offset = d.offset, bytes = d.bytes, reason = %d.reason, "message store: a segment's scan stopped at a bad record");
+    }
+    tracing::info!(
+        segments = r.segments,
+        records = r.records,
+        live_messages = r.live_messages,
+        clean_shutdown = recovery.clean_shutdown,
+        millis = r.duration.as_millis() as u64,
+        "message store opened"
+    );
+}
