@@ -1,6 +1,6 @@
 //! The broker: the set of virtual hosts every protocol shares.
 
-use crate::persist::SharedPersistence;
+use crate::persist::{MemoryBudget, SharedPersistence};
 use crate::vhost::VHost;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -12,22 +12,35 @@ pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     next_connection: AtomicU64,
     persistence: Option<SharedPersistence>,
+    budget: Arc<MemoryBudget>,
+    default_vhost: Arc<VHost>,
 }
 
 impl Broker {
     /// A broker with the default vhost `/`; with `persistence`, durable
     /// definitions and persistent messages are written through it.
-    pub fn new(persistence: Option<SharedPersistence>) -> Arc<Self> {
+    pub fn new(persistence: Option<SharedPersistence>, memory_budget: usize) -> Arc<Self> {
+        let budget = Arc::new(MemoryBudget::new(memory_budget));
+        let default_vhost = VHost::new("/", persistence.clone(), budget.clone());
         let broker = Broker {
             vhosts: RwLock::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
-            persistence: persistence.clone(),
+            persistence,
+            budget,
+            default_vhost: default_vhost.clone(),
         };
-        broker
-            .vhosts
-            .write()
-            .insert("/".into(), VHost::new("/", persistence));
+        broker.vhosts.write().insert("/".into(), default_vhost);
         Arc::new(broker)
+    }
+
+    /// The default vhost `/`, which always exists.
+    pub fn default_vhost(&self) -> &Arc<VHost> {
+        &self.default_vhost
+    }
+
+    /// The memory budget for message bodies in queues.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// The persistence layer, if any.

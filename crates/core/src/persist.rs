@@ -12,12 +12,83 @@ use crate::message::{Message, Properties, Table, Value};
 use crate::queue::QueueOptions;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
 
 /// Format version of every payload this module writes.
 pub const ENCODING_VERSION: u8 = 1;
 /// Nesting limit for tables and arrays when decoding.
 const MAX_DEPTH: usize = 64;
+
+/// Where a stored payload lives, so a paged-out message can be read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAt {
+    /// Segment number.
+    pub segment: u64,
+    /// Byte offset of the payload in the segment.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u32,
+}
+
+/// A message copy held by the store on behalf of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The store queue id it is filed under (a durable queue's id, or a queue's scratch id
+    /// for transient messages paged out of memory).
+    pub queue: u64,
+    /// The store's message id.
+    pub msg_id: u64,
+    /// Where its payload is, when known.
+    pub at: Option<StoredAt>,
+}
+
+/// The memory budget for message bodies waiting in queues: above it, queues
+/// keep new messages on disk only (paging) and read them back when delivered.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes of bodies.
+    pub fn new(limit: usize) -> Self {
+        MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// True when `size` more bytes would pass the budget.
+    pub fn would_exceed(&self, size: usize) -> bool {
+        self.used.load(Ordering::Relaxed) + size > self.limit
+    }
+
+    /// Counts bytes now held in memory.
+    pub fn take(&self, size: usize) {
+        self.used.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Bytes no longer held in memory.
+    pub fn release(&self, size: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(size))
+            });
+    }
+
+    /// Bytes of bodies held in queues now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The configured limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
 
 /// Durable storage as the core sees it. Appends never block on the disk;
 /// [`Persistence::when_durable`] reports when everything appended so far is fsynced.
@@ -26,8 +97,11 @@ pub trait Persistence: Send + Sync {
     fn next_msg_id(&self) -> u64;
     /// A fresh, never reused durable queue id.
     fn next_queue_id(&self) -> u64;
-    /// Writes a persistent message once for all the durable queues it reached.
-    fn publish(&self, msg_id: u64, queues: &[u64], message: &Message);
+    /// Writes a message once for all the store queues listed; returns where
+    /// its payload lives (None when the store refused it).
+    fn publish(&self, msg_id: u64, queues: &[u64], message: &Message) -> Option<StoredAt>;
+    /// Reads a payload written by [`Persistence::publish`] back (paging).
+    fn read(&self, at: StoredAt) -> Option<Bytes>;
     /// The message left the queue for good (acked, dropped or purged).
     fn ack(&self, queue: u64, msg_id: u64);
     /// The message was handed to a consumer (so it comes back flagged redelivered).

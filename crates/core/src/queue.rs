@@ -9,7 +9,7 @@
 
 use crate::error::{CoreError, CoreResult};
 use crate::message::{Message, Table};
-use crate::persist::SharedPersistence;
+use crate::persist::{MemoryBudget, SharedPersistence, Stored, decode_message};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,8 +26,47 @@ pub struct Entry {
     pub message: Arc<Message>,
     /// True once the message was delivered before and came back.
     pub redelivered: bool,
-    /// The store's message id when this copy is persisted (persistent message, durable queue).
-    pub msg_id: Option<u64>,
+    /// The store's copy, when there is one (persistent message in a durable
+    /// queue, or a message paged out of memory).
+    pub stored: Option<Stored>,
+}
+
+/// Messages kept loaded at the head of a queue even when over the memory budget.
+const KEEP_LOADED_AT_HEAD: usize = 64;
+
+/// A ready message: in memory, or on disk only.
+#[derive(Debug)]
+enum Slot {
+    Loaded(Entry),
+    Paged {
+        seq: u64,
+        redelivered: bool,
+        stored: Stored,
+        size: usize,
+    },
+}
+
+impl Slot {
+    fn seq(&self) -> u64 {
+        match self {
+            Slot::Loaded(e) => e.seq,
+            Slot::Paged { seq, .. } => *seq,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Slot::Loaded(e) => e.message.size(),
+            Slot::Paged { size, .. } => *size,
+        }
+    }
+
+    fn stored(&self) -> Option<Stored> {
+        match self {
+            Slot::Loaded(e) => e.stored,
+            Slot::Paged { stored, .. } => Some(*stored),
+        }
+    }
 }
 
 /// A delivery handed to a consumer.
@@ -64,7 +103,7 @@ struct Consumer {
 
 #[derive(Default)]
 struct State {
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Slot>,
     ready_bytes: usize,
     unacked: usize,
     consumers: Vec<Consumer>,
@@ -72,6 +111,7 @@ struct State {
     next_seq: u64,
     had_consumer: bool,
     deleted: bool,
+    paged: bool,
 }
 
 /// Declared attributes of a queue, compared on redeclare.
@@ -87,13 +127,19 @@ pub struct QueueOptions {
     pub arguments: Table,
 }
 
-/// Where a durable queue's persisted messages go.
+/// A queue's link to the store: where its persistent messages go (durable
+/// queues) and where bodies go when memory runs short (every queue).
 #[derive(Clone)]
 pub struct Durability {
-    /// The queue's id in the store.
-    pub id: u64,
+    /// The queue's id in the store when it is durable.
+    pub durable_id: Option<u64>,
+    /// A store id, never persisted as a definition, for transient messages paged
+    /// out of memory (dropped at the next start).
+    pub scratch_id: u64,
     /// The store.
     pub persistence: SharedPersistence,
+    /// The shared budget for bodies in memory.
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// A queue.
@@ -146,26 +192,101 @@ impl Queue {
 
     /// The store id of a durable queue backed by persistence.
     pub fn durable_id(&self) -> Option<u64> {
-        self.durability.as_ref().map(|d| d.id)
+        self.durability.as_ref().and_then(|d| d.durable_id)
     }
 
-    /// The entry left the queue for good: record it in the store.
-    fn forget(&self, entry: &Entry) {
-        if let (Some(d), Some(id)) = (&self.durability, entry.msg_id) {
-            d.persistence.ack(d.id, id);
+    /// The message left the queue for good: drop the store's copy.
+    fn forget(&self, stored: Option<Stored>) {
+        if let (Some(d), Some(s)) = (&self.durability, stored) {
+            d.persistence.ack(s.queue, s.msg_id);
         }
     }
 
-    /// The entry is being handed out: record it so a restart flags it redelivered,
-    /// or, for deliveries that need no ack, drop it from the store.
-    fn handed_out(&self, msg_id: Option<u64>, redelivered: bool, no_ack: bool) {
-        if let (Some(d), Some(id)) = (&self.durability, msg_id) {
+    /// The message is being handed out: record it so a restart flags it
+    /// redelivered, or, for deliveries that need no ack, drop the store's copy.
+    fn handed_out(&self, stored: Option<Stored>, redelivered: bool, no_ack: bool) {
+        if let (Some(d), Some(s)) = (&self.durability, stored) {
             if no_ack {
-                d.persistence.ack(d.id, id);
-            } else if !redelivered {
-                d.persistence.delivered(d.id, id);
+                d.persistence.ack(s.queue, s.msg_id);
+            } else if !redelivered && Some(s.queue) == d.durable_id {
+                d.persistence.delivered(s.queue, s.msg_id);
             }
         }
+    }
+
+    /// Adds a message at the tail, in memory or, over the budget, on disk only.
+    fn push(&self, st: &mut State, entry: Entry) {
+        let size = entry.message.size();
+        st.ready_bytes += size;
+        if let Some(d) = &self.durability {
+            if st.ready.len() >= KEEP_LOADED_AT_HEAD && d.budget.would_exceed(size) {
+                let stored = match entry.stored {
+                    Some(s) if s.at.is_some() => Some(s),
+                    _ => {
+                        let msg_id = d.persistence.next_msg_id();
+                        d.persistence
+                            .publish(msg_id, &[d.scratch_id], &entry.message)
+                            .map(|at| Stored {
+                                queue: d.scratch_id,
+                                msg_id,
+                                at: Some(at),
+                            })
+                    }
+                };
+                if let Some(stored) = stored {
+                    // A persistent copy filed under the durable id stays the one to ack.
+                    st.paged |= stored.queue == d.scratch_id;
+                    st.ready.push_back(Slot::Paged {
+                        seq: entry.seq,
+                        redelivered: entry.redelivered,
+                        stored,
+                        size,
+                    });
+                    return;
+                }
+            }
+            d.budget.take(size);
+        }
+        st.ready.push_back(Slot::Loaded(entry));
+    }
+
+    /// Takes the head message, reading it back from disk when it was paged out.
+    /// A paged message that cannot be read is reported and dropped.
+    fn pop(&self, st: &mut State) -> Option<Entry> {
+        loop {
+            let slot = st.ready.pop_front()?;
+            st.ready_bytes -= slot.size();
+            match slot {
+                Slot::Loaded(entry) => {
+                    if let Some(d) = &self.durability {
+                        d.budget.release(entry.message.size());
+                    }
+                    return Some(entry);
+                }
+                Slot::Paged {
+                    seq,
+                    redelivered,
+                    stored,
+                    ..
+                } => match self.page_in(stored) {
+                    Some(message) => {
+                        return Some(Entry {
+                            seq,
+                            message,
+                            redelivered,
+                            stored: Some(stored),
+                        });
+                    }
+                    None => self.forget(Some(stored)),
+                },
+            }
+        }
+    }
+
+    fn page_in(&self, stored: Stored) -> Option<Arc<Message>> {
+        let d = self.durability.as_ref()?;
+        let payload = stored.at.and_then(|at| d.persistence.read(at))?;
+        decode_message(payload).ok().map(Arc::new)
     }
 
     /// The queue's name.
@@ -217,36 +338,40 @@ impl Queue {
 
     /// Appends a routed message and feeds consumers. `msg_id` is the store id
     /// when the message was persisted for this queue.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>, msg_id: Option<u64>) {
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>, stored: Option<Stored>) {
         let mut st = self.state.lock();
         if st.deleted {
             return;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready_bytes += message.size();
-        st.ready.push_back(Entry {
-            seq,
-            message,
-            redelivered: false,
-            msg_id,
-        });
+        self.push(
+            &mut st,
+            Entry {
+                seq,
+                message,
+                redelivered: false,
+                stored,
+            },
+        );
         self.dispatch_locked(&mut st);
     }
 
     /// Puts recovered messages back (in their log order) after a restart.
-    pub fn restore(&self, messages: impl IntoIterator<Item = (Arc<Message>, u64, bool)>) {
+    pub fn restore(&self, messages: impl IntoIterator<Item = (Arc<Message>, Stored, bool)>) {
         let mut st = self.state.lock();
-        for (message, msg_id, redelivered) in messages {
+        for (message, stored, redelivered) in messages {
             let seq = st.next_seq;
             st.next_seq += 1;
-            st.ready_bytes += message.size();
-            st.ready.push_back(Entry {
-                seq,
-                message,
-                redelivered,
-                msg_id: Some(msg_id),
-            });
+            self.push(
+                &mut st,
+                Entry {
+                    seq,
+                    message,
+                    redelivered,
+                    stored: Some(stored),
+                },
+            );
         }
     }
 
@@ -266,14 +391,13 @@ impl Queue {
                 return;
             };
             st.cursor = (idx + 1) % n;
-            let Some(entry) = st.ready.pop_front() else {
+            let Some(entry) = self.pop(st) else {
                 return;
             };
-            st.ready_bytes -= entry.message.size();
             let consumer = &st.consumers[idx];
             let sink = consumer.sink.clone();
             let counted = !consumer.no_ack;
-            let (msg_id, redelivered) = (entry.msg_id, entry.redelivered);
+            let (stored, redelivered) = (entry.stored, entry.redelivered);
             if counted {
                 st.unacked += 1;
             }
@@ -282,14 +406,17 @@ impl Queue {
                 entry,
             });
             if result.is_ok() {
-                self.handed_out(msg_id, redelivered, !counted);
+                self.handed_out(stored, redelivered, !counted);
             }
             if let Err(back) = result {
                 if counted {
                     st.unacked -= 1;
                 }
                 st.ready_bytes += back.entry.message.size();
-                st.ready.push_front(back.entry);
+                if let Some(d) = &self.durability {
+                    d.budget.take(back.entry.message.size());
+                }
+                st.ready.push_front(Slot::Loaded(back.entry));
                 st.consumers.remove(idx);
                 st.cursor = 0;
             }
@@ -302,9 +429,8 @@ impl Queue {
         if st.deleted {
             return None;
         }
-        let entry = st.ready.pop_front()?;
-        st.ready_bytes -= entry.message.size();
-        self.handed_out(entry.msg_id, entry.redelivered, no_ack);
+        let entry = self.pop(&mut st)?;
+        self.handed_out(entry.stored, entry.redelivered, no_ack);
         if !no_ack {
             st.unacked += 1;
         }
@@ -316,7 +442,7 @@ impl Queue {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(1);
         if !st.deleted {
-            self.forget(entry);
+            self.forget(entry.stored);
         }
     }
 
@@ -335,8 +461,11 @@ impl Queue {
         for mut entry in entries.into_iter().rev() {
             entry.redelivered = true;
             st.ready_bytes += entry.message.size();
-            let at = st.ready.partition_point(|e| e.seq < entry.seq);
-            st.ready.insert(at, entry);
+            if let Some(d) = &self.durability {
+                d.budget.take(entry.message.size());
+            }
+            let at = st.ready.partition_point(|e| e.seq() < entry.seq);
+            st.ready.insert(at, Slot::Loaded(entry));
         }
         self.dispatch_locked(&mut st);
     }
@@ -345,8 +474,9 @@ impl Queue {
     pub fn purge(&self) -> usize {
         let mut st = self.state.lock();
         let n = st.ready.len();
-        for entry in std::mem::take(&mut st.ready) {
-            self.forget(&entry);
+        for slot in std::mem::take(&mut st.ready) {
+            self.release(&slot);
+            self.forget(slot.stored());
         }
         st.ready_bytes = 0;
         n
@@ -404,22 +534,36 @@ impl Queue {
     /// Marks the queue deleted, drops its messages and tells consumers.
     /// Returns the number of ready messages it held.
     pub(crate) fn mark_deleted(&self) -> usize {
-        let (n, sinks) = {
+        let (n, sinks, paged) = {
             let mut st = self.state.lock();
             st.deleted = true;
             let n = st.ready.len();
-            st.ready.clear();
+            for slot in std::mem::take(&mut st.ready) {
+                self.release(&slot);
+            }
             st.ready_bytes = 0;
             let sinks: Vec<_> = st.consumers.drain(..).map(|c| c.sink).collect();
-            (n, sinks)
+            (n, sinks, st.paged)
         };
         if let Some(d) = &self.durability {
-            d.persistence.queue_deleted(d.id);
+            if let Some(id) = d.durable_id {
+                d.persistence.queue_deleted(id);
+            }
+            if paged {
+                d.persistence.queue_deleted(d.scratch_id);
+            }
         }
         for sink in sinks {
             sink.cancelled();
         }
         n
+    }
+
+    /// Returns a loaded slot's bytes to the memory budget.
+    fn release(&self, slot: &Slot) {
+        if let (Some(d), Slot::Loaded(e)) = (&self.durability, slot) {
+            d.budget.release(e.message.size());
+        }
     }
 
     /// Checks the delete preconditions (if-unused, if-empty).

@@ -3,7 +3,7 @@
 use crate::error::{CoreError, CoreResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, Properties, Table, Value};
-use crate::persist::{BindingDef, ExchangeDef, QueueDef, SharedPersistence};
+use crate::persist::{BindingDef, ExchangeDef, MemoryBudget, QueueDef, SharedPersistence, Stored};
 use crate::queue::{ConnectionId, Durability, Queue, QueueOptions};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -29,6 +29,7 @@ pub struct VHost {
     exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     persistence: Option<SharedPersistence>,
+    budget: Arc<MemoryBudget>,
 }
 
 /// What a publish reached.
@@ -59,12 +60,17 @@ fn reserved(what: &str, name: &str) -> CoreError {
 
 impl VHost {
     /// A vhost with the standard exchanges (the default one and `amq.*`).
-    pub fn new(name: &str, persistence: Option<SharedPersistence>) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        persistence: Option<SharedPersistence>,
+        budget: Arc<MemoryBudget>,
+    ) -> Arc<Self> {
         let vhost = VHost {
             name: name.into(),
             exchanges: RwLock::new(HashMap::new()),
             queues: RwLock::new(HashMap::new()),
             persistence,
+            budget,
         };
         {
             let mut ex = vhost.exchanges.write();
@@ -218,10 +224,7 @@ impl VHost {
     /// Re-creates a durable queue from the store at start-up.
     pub fn restore_queue(&self, def: QueueDef) -> Arc<Queue> {
         let name: Arc<str> = def.name.into();
-        let durability = self.persistence.clone().map(|persistence| Durability {
-            id: def.id,
-            persistence,
-        });
+        let durability = self.durability(Some(def.id));
         let queue = Queue::new(
             self.name.clone(),
             name.clone(),
@@ -255,6 +258,17 @@ impl VHost {
             arguments: def.arguments,
         });
         true
+    }
+
+    /// The store link of a new queue (None without persistence).
+    fn durability(&self, durable_id: Option<u64>) -> Option<Durability> {
+        let p = self.persistence.as_ref()?;
+        Some(Durability {
+            durable_id,
+            scratch_id: p.next_queue_id(),
+            persistence: p.clone(),
+            budget: self.budget.clone(),
+        })
     }
 
     fn persist_exchange(&self, x: &Exchange) {
@@ -477,18 +491,16 @@ impl VHost {
         }
         let owner = options.exclusive.then_some(conn);
         // Exclusive queues die with their connection, so they are never persisted.
-        let durability = match &self.persistence {
-            Some(p) if options.durable && !options.exclusive => Some(Durability {
-                id: p.next_queue_id(),
-                persistence: p.clone(),
-            }),
+        let durable_id = match &self.persistence {
+            Some(p) if options.durable && !options.exclusive => Some(p.next_queue_id()),
             _ => None,
         };
-        if let Some(d) = &durability {
+        let durability = self.durability(durable_id);
+        if let (Some(d), Some(id)) = (&durability, durable_id) {
             let def = QueueDef {
                 vhost: self.name.to_string(),
                 name: name.to_string(),
-                id: d.id,
+                id,
                 options: options.clone(),
             };
             d.persistence
@@ -718,26 +730,25 @@ impl VHost {
     /// to the store once for all the durable queues among them; returns true
     /// when it was, so the caller waits for durability before confirming.
     pub fn enqueue(&self, message: &Arc<Message>, queues: &[Arc<Queue>]) -> bool {
-        let mut msg_id = None;
+        let mut written = None;
         if message.properties.is_persistent()
             && let Some(p) = &self.persistence
         {
             let ids: Vec<u64> = queues.iter().filter_map(|q| q.durable_id()).collect();
             if !ids.is_empty() {
-                let id = p.next_msg_id();
-                p.publish(id, &ids, message);
-                msg_id = Some(id);
+                let msg_id = p.next_msg_id();
+                let at = p.publish(msg_id, &ids, message);
+                written = Some((msg_id, at));
             }
         }
         for q in queues {
-            let persisted = if q.durable_id().is_some() {
-                msg_id
-            } else {
-                None
+            let stored = match (q.durable_id(), written) {
+                (Some(queue), Some((msg_id, at))) => Some(Stored { queue, msg_id, at }),
+                _ => None,
             };
-            q.publish(message.clone(), persisted);
+            q.publish(message.clone(), stored);
         }
-        msg_id.is_some()
+        written.is_some()
     }
 }
 
@@ -803,7 +814,7 @@ mod tests {
 
     #[test]
     fn standard_exchanges_exist_and_amq_prefix_is_reserved() {
-        let v = VHost::new("/", None);
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         for name in [
             "amq.direct",
             "amq.fanout",
@@ -830,7 +841,7 @@ mod tests {
 
     #[test]
     fn exchange_to_exchange_with_cycle() {
-        let v = VHost::new("/", None);
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         v.declare_exchange("a", "fanout", false, opts).unwrap();
         v.declare_exchange("b", "fanout", false, opts).unwrap();
         v.declare_queue("q", false, QueueOptions::default(), 1)
@@ -843,7 +854,7 @@ mod tests {
 
     #[test]
     fn default_exchange_routes_by_queue_name() {
-        let v = VHost::new("/", None);
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         v.declare_queue("q1", false, QueueOptions::default(), 1)
             .unwrap();
         assert_eq!(publish(&v, "", "q1"), vec!["q1"]);
@@ -852,7 +863,7 @@ mod tests {
 
     #[test]
     fn exclusive_queue_is_locked_and_removed_with_owner() {
-        let v = VHost::new("/", None);
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         let o = QueueOptions {
             exclusive: true,
             ..Default::default()
@@ -870,7 +881,7 @@ mod tests {
 
     #[test]
     fn auto_delete_exchange_goes_with_last_binding() {
-        let v = VHost::new("/", None);
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         v.declare_exchange("ad", "direct", false, |k| ExchangeOptions {
             auto_delete: true,
             ..opts(k)
@@ -885,7 +896,7 @@ mod tests {
 
     #[test]
     fn queue_redeclare_compares_known_arguments() {
-        let v = VHost::new("/", None);
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         let with = |n: i64| QueueOptions {
             arguments: Table(vec![("x-max-length".into(), Value::I64(n))]),
             ..Default::default()

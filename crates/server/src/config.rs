@@ -21,6 +21,25 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Data directory (the `--data-dir` flag overrides it).
     pub data_dir: Option<PathBuf>,
+    /// Message store.
+    pub store: StoreConfig,
+}
+
+/// Message store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Bytes of message bodies queues keep in memory; above it, new messages
+    /// stay on disk only and are read back when delivered.
+    pub memory_budget: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            memory_budget: 512 * 1024 * 1024,
+        }
+    }
 }
 
 /// Listener addresses; port 0 picks a free port (the chosen one is logged).

@@ -2,12 +2,15 @@
 //! start-up recovery that rebuilds durable definitions and messages from it.
 
 use anyhow::Context;
+use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tributary_core::persist::{BindingDef, ExchangeDef, QueueDef, decode_message, encode_message};
+use tributary_core::persist::{
+    BindingDef, ExchangeDef, QueueDef, Stored, StoredAt, decode_message, encode_message,
+};
 use tributary_core::{Broker, Message, Persistence};
-use tributary_store::{Recovery, Store, StoreOptions};
+use tributary_store::{Location, Recovery, Store, StoreOptions};
 
 const EXCHANGES: &str = "exchanges";
 const QUEUES: &str = "queues";
@@ -36,10 +39,33 @@ impl Persistence for StorePersistence {
         self.next_queue_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn publish(&self, msg_id: u64, queues: &[u64], message: &Message) {
+    fn publish(&self, msg_id: u64, queues: &[u64], message: &Message) -> Option<StoredAt> {
         let payload = encode_message(message);
-        if let Err(e) = self.store.try_append_publish(msg_id, queues, &payload) {
-            tracing::error!(error = %e, msg_id, "cannot persist a message");
+        match self.store.try_append_publish(msg_id, queues, &payload) {
+            Ok(l) => Some(StoredAt {
+                segment: l.segment,
+                offset: l.offset,
+                len: l.len,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, msg_id, "cannot persist a message");
+                None
+            }
+        }
+    }
+
+    fn read(&self, at: StoredAt) -> Option<Bytes> {
+        let location = Location {
+            segment: at.segment,
+            offset: at.offset,
+            len: at.len,
+        };
+        match self.store.read(location) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, ?at, "cannot read a paged-out message back");
+                None
+            }
         }
     }
 
@@ -74,7 +100,7 @@ impl Persistence for StorePersistence {
 
 /// Opens the store in `dir`, builds the broker on it and restores everything
 /// durable: exchanges, queues, bindings, then each queue's messages in order.
-pub fn open(dir: &Path) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
+pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
     let (store, recovery) = Store::open(dir, StoreOptions::default())
         .with_context(|| format!("cannot open the message store in {}", dir.display()))?;
     report(&recovery);
@@ -84,7 +110,7 @@ pub fn open(dir: &Path) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
         store: store.clone(),
         next_queue_id: AtomicU64::new(next_queue_id),
     });
-    let broker = Broker::new(Some(persistence));
+    let broker = Broker::new(Some(persistence), memory_budget);
     for def in decode_all(&store, EXCHANGES, ExchangeDef::decode)? {
         if let Some(v) = broker.vhost(&def.vhost) {
             v.restore_exchange(def);
@@ -101,7 +127,18 @@ pub fn open(dir: &Path) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
         let messages = queues.remove(&id).unwrap_or_default();
         restored += messages.len();
         queue.restore(messages.into_iter().filter_map(|m| match decode_message(m.payload) {
-            Ok(message) => Some((Arc::new(message), m.msg_id, m.delivered)),
+            Ok(message) => {
+                let stored = Stored {
+                    queue: id,
+                    msg_id: m.msg_id,
+                    at: Some(StoredAt {
+                        segment: m.location.segment,
+                        offset: m.location.offset,
+                        len: m.location.len,
+                    }),
+                };
+                Some((Arc::new(message), stored, m.delivered))
+            }
             Err(e) => {
                 tracing::warn!(msg_id = m.msg_id, error = %e, "skipping an undecodable stored message");
                 None

@@ -27,7 +27,8 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let admin = UserAdmin::open(&data_dir)?;
     admin.ensure_initialised(config.auth.create_guest)?;
     let users = Arc::new(UserDb::open(&data_dir, config.auth.loopback_users.clone())?);
-    let (broker, store) = crate::persistence::open(&data_dir.join("store"))?;
+    let (broker, store) =
+        crate::persistence::open(&data_dir.join("store"), config.store.memory_budget)?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracing::info!(data_dir = %data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting Tributary");

@@ -203,10 +203,7 @@ impl Session {
     fn vhost(&self) -> Arc<VHost> {
         match &self.vhost {
             Some(v) => v.clone(),
-            None => self
-                .broker
-                .vhost("/")
-                .unwrap_or_else(|| VHost::new("/", None)),
+            None => self.broker.default_vhost().clone(),
         }
     }
 
