@@ -20,6 +20,10 @@ use tributary_core::Broker;
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Queue deliveries handled per wake-up before the socket gets a turn.
 const DELIVERY_BUDGET: usize = 256;
+/// First read buffer of a connection.
+const READ_CHUNK_MIN: usize = 4096;
+/// Largest read chunk a busy connection grows to.
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// How long a connection may take to answer our connection.close at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -42,8 +46,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
     let mut conn = Connection::new(ctx.config.clone(), Instant::now());
     let mut session = Session::new(ctx.broker.clone(), ctx.users.clone(), peer, tx);
-    let mut inbuf = BytesMut::with_capacity(64 * 1024);
-    let mut outbuf = BytesMut::with_capacity(64 * 1024);
+    // Small to start with, so idle connections stay cheap; busy ones grow.
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK_MIN);
+    let mut outbuf = BytesMut::new();
     let mut shutting_down = false;
     let mut shutdown_deadline: Option<tokio::time::Instant> = None;
     let mut closed = false;
@@ -92,8 +97,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => conn.handle_input(&mut inbuf, Instant::now()),
                 }
-                if inbuf.capacity() - inbuf.len() < 4096 {
-                    inbuf.reserve(64 * 1024);
+                if inbuf.capacity() - inbuf.len() < READ_CHUNK_MIN {
+                    // A full buffer means a busy peer: read bigger chunks.
+                    let grow = if inbuf.capacity() >= READ_CHUNK_MAX / 2 { READ_CHUNK_MAX } else { inbuf.capacity() * 2 };
+                    inbuf.reserve(grow);
                 }
             }
             Some(first) = rx.recv(), if can_read => {
