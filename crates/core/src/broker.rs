@@ -58,6 +58,15 @@ impl Broker {
         self.vhosts.read().values().cloned().collect()
     }
 
+    /// The periodic sweep of every vhost (message TTLs, `x-expires`); the
+    /// server calls it a few times a second.
+    pub fn tick(&self) {
+        let now = crate::args::now_ms();
+        for v in self.vhosts() {
+            v.tick(now);
+        }
+    }
+
     /// A fresh connection id, unique for the broker's lifetime.
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)

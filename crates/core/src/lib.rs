@@ -4,7 +4,9 @@
 
 #![warn(missing_docs)]
 
+pub mod args;
 pub mod broker;
+pub mod deadletter;
 pub mod error;
 pub mod exchange;
 pub mod message;
@@ -19,5 +21,8 @@ pub use error::{CoreError, CoreResult};
 pub use exchange::{Exchange, ExchangeKind, ExchangeOptions};
 pub use message::{Message, Properties, Table, Value};
 pub use persist::{Persistence, SharedPersistence};
-pub use queue::{ConnectionId, ConsumerSink, Delivery, Durability, Entry, Queue, QueueOptions};
-pub use vhost::{DeclaredQueue, Routed, VHost};
+pub use queue::{
+    Accepted, ConnectionId, ConsumerOptions, ConsumerSink, Delivery, Durability, Entry, Queue,
+    QueueOptions,
+};
+pub use vhost::{DeclaredQueue, Enqueued, Routed, VHost};

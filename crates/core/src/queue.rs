@@ -1,18 +1,25 @@
-//! Queues: ordered ready messages, consumers fed round-robin under credit, and
-//! the bookkeeping for unacknowledged deliveries.
+//! Queues: ready messages in priority and arrival order, consumers fed under
+//! credit, and everything RabbitMQ users expect of a queue: TTLs, length
+//! limits with overflow policies, dead-lettering, single active consumer,
+//! consumer priorities, delivery limits and paging beyond the memory budget.
 //!
 //! A queue does its dispatch synchronously in whichever task touched it
 //! (publisher, acker, new consumer), under its own short lock; consumers are
 //! [`ConsumerSink`]s that accept a delivery without blocking. There is no
 //! global lock on the publish path: two publishers only meet when they publish
-//! into the same queue.
+//! into the same queue. Messages a queue gives up on are collected under the
+//! lock and dead-lettered after it is released, so a dead-letter route back
+//! into the same queue cannot deadlock.
 
+use crate::args::{Overflow, QueueArgs, now_ms};
+use crate::deadletter::Reason;
 use crate::error::{CoreError, CoreResult};
-use crate::message::{Message, Table};
+use crate::message::{Message, Table, Value};
 use crate::persist::{MemoryBudget, SharedPersistence, Stored, decode_message};
+use crate::vhost::VHost;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Identifies a client connection, for exclusive queues and consumers.
 pub type ConnectionId = u64;
@@ -29,43 +36,90 @@ pub struct Entry {
     /// The store's copy, when there is one (persistent message in a durable
     /// queue, or a message paged out of memory).
     pub stored: Option<Stored>,
+    /// When it expires (ms since the epoch), from the queue's and the message's TTL.
+    pub expires_at: Option<u64>,
+    /// How many times it was requeued (for `x-delivery-limit`).
+    pub delivery_count: u32,
 }
 
 /// Messages kept loaded at the head of a queue even when over the memory budget.
 const KEEP_LOADED_AT_HEAD: usize = 64;
 
-/// A ready message: in memory, or on disk only.
+/// A ready message: loaded, or on disk only (`message` is None).
 #[derive(Debug)]
-enum Slot {
-    Loaded(Entry),
-    Paged {
-        seq: u64,
-        redelivered: bool,
-        stored: Stored,
-        size: usize,
-    },
+struct Slot {
+    seq: u64,
+    redelivered: bool,
+    stored: Option<Stored>,
+    size: usize,
+    priority: u8,
+    expires_at: Option<u64>,
+    delivery_count: u32,
+    message: Option<Arc<Message>>,
 }
 
 impl Slot {
-    fn seq(&self) -> u64 {
-        match self {
-            Slot::Loaded(e) => e.seq,
-            Slot::Paged { seq, .. } => *seq,
+    fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| t < now)
+    }
+}
+
+/// Ready messages by priority level (one level unless `x-max-priority`),
+/// FIFO within a level, highest level first.
+#[derive(Debug)]
+struct Ready {
+    levels: Vec<VecDeque<Slot>>,
+    len: usize,
+}
+
+impl Ready {
+    fn new(max_priority: Option<u8>) -> Self {
+        Ready {
+            levels: (0..=max_priority.unwrap_or(0))
+                .map(|_| VecDeque::new())
+                .collect(),
+            len: 0,
         }
     }
 
-    fn size(&self) -> usize {
-        match self {
-            Slot::Loaded(e) => e.message.size(),
-            Slot::Paged { size, .. } => *size,
-        }
+    fn level(&self, priority: u8) -> usize {
+        (priority as usize).min(self.levels.len() - 1)
     }
 
-    fn stored(&self) -> Option<Stored> {
-        match self {
-            Slot::Loaded(e) => e.stored,
-            Slot::Paged { stored, .. } => Some(*stored),
-        }
+    fn push_back(&mut self, slot: Slot) {
+        let l = self.level(slot.priority);
+        self.levels[l].push_back(slot);
+        self.len += 1;
+    }
+
+    fn insert_by_seq(&mut self, slot: Slot) {
+        let l = self.level(slot.priority);
+        let at = self.levels[l].partition_point(|s| s.seq < slot.seq);
+        self.levels[l].insert(at, slot);
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<Slot> {
+        let slot = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        Some(slot)
+    }
+
+    fn front(&self) -> Option<&Slot> {
+        self.levels.iter().rev().find_map(VecDeque::front)
+    }
+
+    fn drain(&mut self) -> Vec<Slot> {
+        self.len = 0;
+        self.levels.iter_mut().flat_map(std::mem::take).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -90,28 +144,44 @@ pub trait ConsumerSink: Send + Sync {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery>;
     /// The queue was deleted under the consumer; the protocol tells its client.
     fn cancelled(&self);
+    /// Gives back a unit of credit reserved by [`ConsumerSink::try_reserve`]
+    /// when there turned out to be nothing to deliver (every message expired).
+    fn unreserve(&self);
+}
+
+/// How a consumer attaches (basic.consume's flags and arguments).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConsumerOptions {
+    /// Nobody else may consume while it is attached.
+    pub exclusive: bool,
+    /// Deliveries are settled when sent.
+    pub no_ack: bool,
+    /// `x-priority`: higher-priority consumers with credit are served first.
+    pub priority: i32,
 }
 
 struct Consumer {
     tag: Arc<str>,
     owner: ConnectionId,
     channel: u16,
-    exclusive: bool,
-    no_ack: bool,
+    options: ConsumerOptions,
     sink: Arc<dyn ConsumerSink>,
 }
 
-#[derive(Default)]
 struct State {
-    ready: VecDeque<Slot>,
+    ready: Ready,
     ready_bytes: usize,
     unacked: usize,
+    /// Sorted by priority, highest first; registration order within a priority.
     consumers: Vec<Consumer>,
     cursor: usize,
     next_seq: u64,
     had_consumer: bool,
     deleted: bool,
     paged: bool,
+    last_used: u64,
+    /// Messages given up on, dead-lettered once the lock is released.
+    dead: Vec<(Arc<Message>, Reason)>,
 }
 
 /// Declared attributes of a queue, compared on redeclare.
@@ -142,13 +212,24 @@ pub struct Durability {
     pub budget: Arc<MemoryBudget>,
 }
 
+/// What became of a published message in one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Enqueued (and maybe delivered already).
+    Yes,
+    /// Refused by `x-overflow = reject-publish(-dlx)`.
+    Rejected,
+}
+
 /// A queue.
 pub struct Queue {
     name: Arc<str>,
     vhost: Arc<str>,
     options: QueueOptions,
+    args: QueueArgs,
     owner: Option<ConnectionId>,
     durability: Option<Durability>,
+    home: Weak<VHost>,
     state: Mutex<State>,
 }
 
@@ -172,21 +253,38 @@ pub struct QueueStats {
 }
 
 impl Queue {
-    /// Creates an empty queue; `owner` is set for exclusive queues.
+    /// Creates an empty queue; `owner` is set for exclusive queues; `home` is
+    /// the vhost dead letters are republished in.
     pub fn new(
         vhost: Arc<str>,
         name: Arc<str>,
         options: QueueOptions,
+        args: QueueArgs,
         owner: Option<ConnectionId>,
         durability: Option<Durability>,
+        home: Weak<VHost>,
     ) -> Arc<Self> {
         Arc::new(Queue {
+            state: Mutex::new(State {
+                ready: Ready::new(args.max_priority),
+                ready_bytes: 0,
+                unacked: 0,
+                consumers: Vec::new(),
+                cursor: 0,
+                next_seq: 0,
+                had_consumer: false,
+                deleted: false,
+                paged: false,
+                last_used: now_ms(),
+                dead: Vec::new(),
+            }),
             name,
             vhost,
             options,
+            args,
             owner,
             durability,
-            state: Mutex::new(State::default()),
+            home,
         })
     }
 
@@ -195,98 +293,9 @@ impl Queue {
         self.durability.as_ref().and_then(|d| d.durable_id)
     }
 
-    /// The message left the queue for good: drop the store's copy.
-    fn forget(&self, stored: Option<Stored>) {
-        if let (Some(d), Some(s)) = (&self.durability, stored) {
-            d.persistence.ack(s.queue, s.msg_id);
-        }
-    }
-
-    /// The message is being handed out: record it so a restart flags it
-    /// redelivered, or, for deliveries that need no ack, drop the store's copy.
-    fn handed_out(&self, stored: Option<Stored>, redelivered: bool, no_ack: bool) {
-        if let (Some(d), Some(s)) = (&self.durability, stored) {
-            if no_ack {
-                d.persistence.ack(s.queue, s.msg_id);
-            } else if !redelivered && Some(s.queue) == d.durable_id {
-                d.persistence.delivered(s.queue, s.msg_id);
-            }
-        }
-    }
-
-    /// Adds a message at the tail, in memory or, over the budget, on disk only.
-    fn push(&self, st: &mut State, entry: Entry) {
-        let size = entry.message.size();
-        st.ready_bytes += size;
-        if let Some(d) = &self.durability {
-            if st.ready.len() >= KEEP_LOADED_AT_HEAD && d.budget.would_exceed(size) {
-                let stored = match entry.stored {
-                    Some(s) if s.at.is_some() => Some(s),
-                    _ => {
-                        let msg_id = d.persistence.next_msg_id();
-                        d.persistence
-                            .publish(msg_id, &[d.scratch_id], &entry.message)
-                            .map(|at| Stored {
-                                queue: d.scratch_id,
-                                msg_id,
-                                at: Some(at),
-                            })
-                    }
-                };
-                if let Some(stored) = stored {
-                    // A persistent copy filed under the durable id stays the one to ack.
-                    st.paged |= stored.queue == d.scratch_id;
-                    st.ready.push_back(Slot::Paged {
-                        seq: entry.seq,
-                        redelivered: entry.redelivered,
-                        stored,
-                        size,
-                    });
-                    return;
-                }
-            }
-            d.budget.take(size);
-        }
-        st.ready.push_back(Slot::Loaded(entry));
-    }
-
-    /// Takes the head message, reading it back from disk when it was paged out.
-    /// A paged message that cannot be read is reported and dropped.
-    fn pop(&self, st: &mut State) -> Option<Entry> {
-        loop {
-            let slot = st.ready.pop_front()?;
-            st.ready_bytes -= slot.size();
-            match slot {
-                Slot::Loaded(entry) => {
-                    if let Some(d) = &self.durability {
-                        d.budget.release(entry.message.size());
-                    }
-                    return Some(entry);
-                }
-                Slot::Paged {
-                    seq,
-                    redelivered,
-                    stored,
-                    ..
-                } => match self.page_in(stored) {
-                    Some(message) => {
-                        return Some(Entry {
-                            seq,
-                            message,
-                            redelivered,
-                            stored: Some(stored),
-                        });
-                    }
-                    None => self.forget(Some(stored)),
-                },
-            }
-        }
-    }
-
-    fn page_in(&self, stored: Stored) -> Option<Arc<Message>> {
-        let d = self.durability.as_ref()?;
-        let payload = stored.at.and_then(|at| d.persistence.read(at))?;
-        decode_message(payload).ok().map(Arc::new)
+    /// The queue's parsed arguments.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
     }
 
     /// The queue's name.
@@ -336,15 +345,220 @@ impl Queue {
         self.state.lock().deleted
     }
 
-    /// Appends a routed message and feeds consumers. `msg_id` is the store id
-    /// when the message was persisted for this queue.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>, stored: Option<Stored>) {
+    /// Marks the queue used now (declare, get, consume), for `x-expires`.
+    pub fn touch(&self) {
+        self.state.lock().last_used = now_ms();
+    }
+
+    // ----- the store ---------------------------------------------------------
+
+    /// The message left the queue for good: drop the store's copy.
+    fn forget(&self, stored: Option<Stored>) {
+        if let (Some(d), Some(s)) = (&self.durability, stored) {
+            d.persistence.ack(s.queue, s.msg_id);
+        }
+    }
+
+    /// The message is being handed out: record it so a restart flags it
+    /// redelivered, or, for deliveries that need no ack, drop the store's copy.
+    fn handed_out(&self, stored: Option<Stored>, redelivered: bool, no_ack: bool) {
+        if let (Some(d), Some(s)) = (&self.durability, stored) {
+            if no_ack {
+                d.persistence.ack(s.queue, s.msg_id);
+            } else if !redelivered && Some(s.queue) == d.durable_id {
+                d.persistence.delivered(s.queue, s.msg_id);
+            }
+        }
+    }
+
+    fn page_in(&self, stored: Stored) -> Option<Arc<Message>> {
+        let d = self.durability.as_ref()?;
+        let payload = stored.at.and_then(|at| d.persistence.read(at))?;
+        decode_message(payload).ok().map(Arc::new)
+    }
+
+    /// The slot's message, read back from disk if it was paged out.
+    fn load(&self, slot: &Slot) -> Option<Arc<Message>> {
+        match &slot.message {
+            Some(m) => Some(m.clone()),
+            None => slot.stored.and_then(|s| self.page_in(s)),
+        }
+    }
+
+    // ----- adding and taking -------------------------------------------------
+
+    fn expiry_for(&self, message: &Message, now: u64) -> Option<u64> {
+        let per_message = message
+            .properties
+            .expiration
+            .as_ref()
+            .and_then(|e| std::str::from_utf8(e).ok())
+            .and_then(|e| e.parse::<u64>().ok());
+        match (self.args.message_ttl, per_message) {
+            (None, None) => None,
+            (a, b) => Some(
+                now + a
+                    .unwrap_or(u64::MAX)
+                    .min(b.unwrap_or(u64::MAX))
+                    .min(u64::MAX / 4),
+            ),
+        }
+    }
+
+    /// Adds a slot at the tail, in memory or, over the budget, on disk only.
+    fn push(&self, st: &mut State, entry: Entry) {
+        let size = entry.message.size();
+        st.ready_bytes += size;
+        let priority = entry.message.properties.priority.unwrap_or(0);
+        let mut slot = Slot {
+            seq: entry.seq,
+            redelivered: entry.redelivered,
+            stored: entry.stored,
+            size,
+            priority,
+            expires_at: entry.expires_at,
+            delivery_count: entry.delivery_count,
+            message: None,
+        };
+        if let Some(d) = &self.durability {
+            if st.ready.len() >= KEEP_LOADED_AT_HEAD && d.budget.would_exceed(size) {
+                let stored = match entry.stored {
+                    Some(s) if s.at.is_some() => Some(s),
+                    _ => {
+                        let msg_id = d.persistence.next_msg_id();
+                        d.persistence
+                            .publish(msg_id, &[d.scratch_id], &entry.message)
+                            .map(|at| Stored {
+                                queue: d.scratch_id,
+                                msg_id,
+                                at: Some(at),
+                            })
+                    }
+                };
+                if let Some(stored) = stored {
+                    st.paged |= stored.queue == d.scratch_id;
+                    slot.stored = Some(stored);
+                    st.ready.push_back(slot);
+                    return;
+                }
+            }
+            d.budget.take(size);
+        }
+        slot.message = Some(entry.message);
+        st.ready.push_back(slot);
+    }
+
+    /// Removes the head slot, returning its bytes to the budget.
+    fn take_head(&self, st: &mut State) -> Option<Slot> {
+        let slot = st.ready.pop_front()?;
+        st.ready_bytes -= slot.size;
+        if let (Some(d), Some(_)) = (&self.durability, &slot.message) {
+            d.budget.release(slot.size);
+        }
+        Some(slot)
+    }
+
+    /// Drops a message the queue gives up on: dead-letters it when the queue
+    /// has a dead-letter exchange, and removes the store's copy.
+    fn give_up(&self, st: &mut State, slot: Slot, reason: Reason) {
+        if self.args.dead_letter_exchange.is_some()
+            && let Some(m) = self.load(&slot)
+        {
+            st.dead.push((m, reason));
+        }
+        self.forget(slot.stored);
+    }
+
+    /// Takes the next deliverable message: expired ones are given up on, and a
+    /// paged message that cannot be read is reported and dropped.
+    fn pop(&self, st: &mut State, now: u64) -> Option<Entry> {
+        loop {
+            let slot = self.take_head(st)?;
+            if slot.expired(now) {
+                self.give_up(st, slot, Reason::Expired);
+                continue;
+            }
+            let Some(mut message) = self.load(&slot) else {
+                self.forget(slot.stored);
+                continue;
+            };
+            if slot.delivery_count > 0 {
+                message = with_header(
+                    &message,
+                    "x-delivery-count",
+                    Value::I64(slot.delivery_count as i64),
+                );
+            }
+            return Some(Entry {
+                seq: slot.seq,
+                message,
+                redelivered: slot.redelivered,
+                stored: slot.stored,
+                expires_at: slot.expires_at,
+                delivery_count: slot.delivery_count,
+            });
+        }
+    }
+
+    /// Enforces `x-max-length` / `x-max-length-bytes` after a push (drop-head).
+    fn trim(&self, st: &mut State) {
+        let over = |st: &State| {
+            self.args
+                .max_length
+                .is_some_and(|m| st.ready.len() as u64 > m)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| st.ready_bytes as u64 > m)
+        };
+        while over(st) {
+            let Some(slot) = self.take_head(st) else {
+                break;
+            };
+            self.give_up(st, slot, Reason::MaxLen);
+        }
+    }
+
+    /// Would a message of `size` bytes be refused by `reject-publish(-dlx)`?
+    fn refuses(&self, st: &State, size: usize) -> bool {
+        self.args.overflow != Overflow::DropHead
+            && (self
+                .args
+                .max_length
+                .is_some_and(|m| st.ready.len() as u64 >= m)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| (st.ready_bytes + size) as u64 > m))
+    }
+
+    /// True when the queue would refuse a publish of `size` bytes right now,
+    /// so the caller can leave it out before writing to the store.
+    pub fn would_refuse(&self, size: usize) -> bool {
+        self.refuses(&self.state.lock(), size)
+    }
+
+    /// Appends a routed message and feeds consumers. `stored` is the store's
+    /// copy when the message was persisted for this queue.
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>, stored: Option<Stored>) -> Accepted {
         let mut st = self.state.lock();
         if st.deleted {
-            return;
+            return Accepted::Yes;
         }
+        if self.refuses(&st, message.size()) {
+            self.forget(stored);
+            if self.args.overflow == Overflow::RejectPublishDlx
+                && self.args.dead_letter_exchange.is_some()
+            {
+                st.dead.push((message, Reason::MaxLen));
+            }
+            self.unlock_and_flush(st);
+            return Accepted::Rejected;
+        }
+        let now = now_ms();
         let seq = st.next_seq;
         st.next_seq += 1;
+        let expires_at = self.expiry_for(&message, now);
         self.push(
             &mut st,
             Entry {
@@ -352,17 +566,24 @@ impl Queue {
                 message,
                 redelivered: false,
                 stored,
+                expires_at,
+                delivery_count: 0,
             },
         );
-        self.dispatch_locked(&mut st);
+        self.trim(&mut st);
+        self.dispatch_locked(&mut st, now);
+        self.unlock_and_flush(st);
+        Accepted::Yes
     }
 
     /// Puts recovered messages back (in their log order) after a restart.
     pub fn restore(&self, messages: impl IntoIterator<Item = (Arc<Message>, Stored, bool)>) {
         let mut st = self.state.lock();
+        let now = now_ms();
         for (message, stored, redelivered) in messages {
             let seq = st.next_seq;
             st.next_seq += 1;
+            let expires_at = self.expiry_for(&message, now);
             self.push(
                 &mut st,
                 Entry {
@@ -370,6 +591,8 @@ impl Queue {
                     message,
                     redelivered,
                     stored: Some(stored),
+                    expires_at,
+                    delivery_count: 0,
                 },
             );
         }
@@ -378,66 +601,111 @@ impl Queue {
     /// Feeds consumers that have credit; call after credit comes back.
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
+        self.dispatch_locked(&mut st, now_ms());
+        self.unlock_and_flush(st);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+    /// The consumer to serve next: the highest priority group with credit,
+    /// round-robin within it; with single active consumer only the first.
+    fn pick_consumer(&self, st: &mut State) -> Option<usize> {
+        let n = st.consumers.len();
+        if self.args.single_active_consumer {
+            return (n > 0 && st.consumers[0].sink.try_reserve()).then_some(0);
+        }
+        let mut start = 0;
+        while start < n {
+            let p = st.consumers[start].options.priority;
+            let end = start
+                + st.consumers[start..]
+                    .iter()
+                    .take_while(|c| c.options.priority == p)
+                    .count();
+            let len = end - start;
+            for k in 0..len {
+                let i = start + (st.cursor + k) % len;
+                if st.consumers[i].sink.try_reserve() {
+                    st.cursor = (st.cursor + k + 1) % len.max(1);
+                    return Some(i);
+                }
+            }
+            start = end;
+        }
+        None
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, now: u64) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = st.consumers.len();
-            let Some(idx) = (0..n)
-                .map(|i| (st.cursor + i) % n)
-                .find(|&i| st.consumers[i].sink.try_reserve())
-            else {
+            let Some(idx) = self.pick_consumer(st) else {
                 return;
             };
-            st.cursor = (idx + 1) % n;
-            let Some(entry) = self.pop(st) else {
+            let Some(entry) = self.pop(st, now) else {
+                st.consumers[idx].sink.unreserve();
                 return;
             };
             let consumer = &st.consumers[idx];
             let sink = consumer.sink.clone();
-            let counted = !consumer.no_ack;
+            let counted = !consumer.options.no_ack;
             let (stored, redelivered) = (entry.stored, entry.redelivered);
             if counted {
                 st.unacked += 1;
             }
-            let result = sink.deliver(Delivery {
+            match sink.deliver(Delivery {
                 queue: self.clone(),
                 entry,
-            });
-            if result.is_ok() {
-                self.handed_out(stored, redelivered, !counted);
-            }
-            if let Err(back) = result {
-                if counted {
-                    st.unacked -= 1;
+            }) {
+                Ok(()) => self.handed_out(stored, redelivered, !counted),
+                Err(back) => {
+                    if counted {
+                        st.unacked -= 1;
+                    }
+                    self.put_back(st, back.entry);
+                    st.consumers.remove(idx);
+                    st.cursor = 0;
                 }
-                st.ready_bytes += back.entry.message.size();
-                if let Some(d) = &self.durability {
-                    d.budget.take(back.entry.message.size());
-                }
-                st.ready.push_front(Slot::Loaded(back.entry));
-                st.consumers.remove(idx);
-                st.cursor = 0;
             }
         }
     }
 
+    /// Puts an entry back at its place, loaded.
+    fn put_back(&self, st: &mut State, entry: Entry) {
+        let size = entry.message.size();
+        st.ready_bytes += size;
+        if let Some(d) = &self.durability {
+            d.budget.take(size);
+        }
+        let priority = entry.message.properties.priority.unwrap_or(0);
+        st.ready.insert_by_seq(Slot {
+            seq: entry.seq,
+            redelivered: entry.redelivered,
+            stored: entry.stored,
+            size,
+            priority,
+            expires_at: entry.expires_at,
+            delivery_count: entry.delivery_count,
+            message: Some(entry.message),
+        });
+    }
+
     /// basic.get: takes the head message, and reports how many remain.
-    pub fn get(&self, no_ack: bool) -> Option<(Entry, usize)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, usize)> {
         let mut st = self.state.lock();
         if st.deleted {
             return None;
         }
-        let entry = self.pop(&mut st)?;
-        self.handed_out(entry.stored, entry.redelivered, no_ack);
-        if !no_ack {
-            st.unacked += 1;
+        st.last_used = now_ms();
+        let entry = self.pop(&mut st, now_ms());
+        if let Some(e) = &entry {
+            self.handed_out(e.stored, e.redelivered, no_ack);
+            if !no_ack {
+                st.unacked += 1;
+            }
         }
-        Some((entry, st.ready.len()))
+        let left = st.ready.len();
+        self.unlock_and_flush(st);
+        entry.map(|e| (e, left))
     }
 
-    /// Settles a delivery as acknowledged (or dropped): it leaves the queue for good.
+    /// Settles a delivery as acknowledged: it leaves the queue for good.
     pub fn settle(&self, entry: &Entry) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(1);
@@ -446,8 +714,24 @@ impl Queue {
         }
     }
 
+    /// basic.reject / nack without requeue: dead-lettered (reason `rejected`)
+    /// when the queue has a dead-letter exchange, else dropped.
+    pub fn reject(self: &Arc<Self>, entry: Entry) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(1);
+        if st.deleted {
+            return;
+        }
+        if self.args.dead_letter_exchange.is_some() {
+            st.dead.push((entry.message.clone(), Reason::Rejected));
+        }
+        self.forget(entry.stored);
+        self.unlock_and_flush(st);
+    }
+
     /// Puts unacknowledged deliveries back in their original places, flagged
-    /// redelivered, and feeds consumers.
+    /// redelivered, and feeds consumers. A message requeued more often than
+    /// `x-delivery-limit` is dead-lettered (or dropped) instead.
     pub fn requeue(self: &Arc<Self>, mut entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
@@ -460,27 +744,84 @@ impl Queue {
         entries.sort_unstable_by_key(|e| e.seq);
         for mut entry in entries.into_iter().rev() {
             entry.redelivered = true;
-            st.ready_bytes += entry.message.size();
-            if let Some(d) = &self.durability {
-                d.budget.take(entry.message.size());
+            entry.delivery_count += 1;
+            if self
+                .args
+                .delivery_limit
+                .is_some_and(|l| entry.delivery_count as u64 > l)
+            {
+                if self.args.dead_letter_exchange.is_some() {
+                    st.dead.push((entry.message.clone(), Reason::DeliveryLimit));
+                }
+                self.forget(entry.stored);
+                continue;
             }
-            let at = st.ready.partition_point(|e| e.seq() < entry.seq);
-            st.ready.insert(at, Slot::Loaded(entry));
+            self.put_back(&mut st, entry);
         }
-        self.dispatch_locked(&mut st);
+        self.dispatch_locked(&mut st, now_ms());
+        self.unlock_and_flush(st);
     }
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> usize {
         let mut st = self.state.lock();
         let n = st.ready.len();
-        for slot in std::mem::take(&mut st.ready) {
-            self.release(&slot);
-            self.forget(slot.stored());
+        for slot in st.ready.drain() {
+            if let (Some(d), Some(_)) = (&self.durability, &slot.message) {
+                d.budget.release(slot.size);
+            }
+            self.forget(slot.stored);
         }
         st.ready_bytes = 0;
         n
     }
+
+    /// The periodic sweep: expires messages at the head (even with no
+    /// consumer) and reports whether `x-expires` says the queue must go.
+    pub fn tick(self: &Arc<Self>, now: u64) -> bool {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return false;
+        }
+        while st.ready.front().is_some_and(|s| s.expired(now)) {
+            if let Some(slot) = self.take_head(&mut st) {
+                self.give_up(&mut st, slot, Reason::Expired);
+            }
+        }
+        let unused = self
+            .args
+            .expires
+            .is_some_and(|ms| st.consumers.is_empty() && now.saturating_sub(st.last_used) > ms);
+        self.unlock_and_flush(st);
+        unused
+    }
+
+    /// Releases the lock, then republishes what the queue dead-lettered.
+    fn unlock_and_flush(&self, mut st: parking_lot::MutexGuard<'_, State>) {
+        if st.dead.is_empty() {
+            return;
+        }
+        let dead = std::mem::take(&mut st.dead);
+        drop(st);
+        let Some(vhost) = self.home.upgrade() else {
+            return;
+        };
+        let (Some(dlx), now) = (self.args.dead_letter_exchange.as_deref(), now_ms()) else {
+            return;
+        };
+        for (message, reason) in dead {
+            vhost.dead_letter(
+                &message,
+                self.name(),
+                reason,
+                dlx,
+                self.args.dead_letter_routing_key.as_deref(),
+                now,
+            );
+        }
+    }
+
+    // ----- consumers ---------------------------------------------------------
 
     /// Attaches a consumer. Exclusive consumers need an idle queue, and an
     /// exclusive consumer keeps everyone else out (403, as RabbitMQ).
@@ -489,8 +830,7 @@ impl Queue {
         tag: Arc<str>,
         owner: ConnectionId,
         channel: u16,
-        exclusive: bool,
-        no_ack: bool,
+        options: ConsumerOptions,
         sink: Arc<dyn ConsumerSink>,
     ) -> CoreResult<()> {
         let mut st = self.state.lock();
@@ -500,35 +840,50 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        if st.consumers.iter().any(|c| c.exclusive) || (exclusive && !st.consumers.is_empty()) {
+        if st.consumers.iter().any(|c| c.options.exclusive)
+            || (options.exclusive && !st.consumers.is_empty())
+        {
             return Err(CoreError::AccessRefused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost
             )));
         }
-        st.consumers.push(Consumer {
-            tag,
-            owner,
-            channel,
-            exclusive,
-            no_ack,
-            sink,
-        });
+        let at = st
+            .consumers
+            .partition_point(|c| c.options.priority >= options.priority);
+        st.consumers.insert(
+            at,
+            Consumer {
+                tag,
+                owner,
+                channel,
+                options,
+                sink,
+            },
+        );
         st.had_consumer = true;
-        self.dispatch_locked(&mut st);
+        st.last_used = now_ms();
+        self.dispatch_locked(&mut st, now_ms());
+        self.unlock_and_flush(st);
         Ok(())
     }
 
     /// Detaches a consumer. Returns true when an auto-delete queue just lost
     /// its last consumer and must now be deleted by its vhost.
-    pub fn remove_consumer(&self, owner: ConnectionId, channel: u16, tag: &str) -> bool {
+    pub fn remove_consumer(self: &Arc<Self>, owner: ConnectionId, channel: u16, tag: &str) -> bool {
         let mut st = self.state.lock();
         st.consumers
             .retain(|c| !(c.owner == owner && c.channel == channel && &*c.tag == tag));
         if st.cursor >= st.consumers.len() {
             st.cursor = 0;
         }
-        self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+        st.last_used = now_ms();
+        let gone =
+            self.options.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted;
+        // With a single active consumer, the next one takes over now.
+        self.dispatch_locked(&mut st, now_ms());
+        self.unlock_and_flush(st);
+        gone
     }
 
     /// Marks the queue deleted, drops its messages and tells consumers.
@@ -538,8 +893,10 @@ impl Queue {
             let mut st = self.state.lock();
             st.deleted = true;
             let n = st.ready.len();
-            for slot in std::mem::take(&mut st.ready) {
-                self.release(&slot);
+            for slot in st.ready.drain() {
+                if let (Some(d), Some(_)) = (&self.durability, &slot.message) {
+                    d.budget.release(slot.size);
+                }
             }
             st.ready_bytes = 0;
             let sinks: Vec<_> = st.consumers.drain(..).map(|c| c.sink).collect();
@@ -559,13 +916,6 @@ impl Queue {
         n
     }
 
-    /// Returns a loaded slot's bytes to the memory budget.
-    fn release(&self, slot: &Slot) {
-        if let (Some(d), Slot::Loaded(e)) = (&self.durability, slot) {
-            d.budget.release(e.message.size());
-        }
-    }
-
     /// Checks the delete preconditions (if-unused, if-empty).
     pub(crate) fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<()> {
         let st = self.state.lock();
@@ -583,6 +933,21 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// A copy of `message` with one header set.
+fn with_header(message: &Message, key: &str, value: Value) -> Arc<Message> {
+    let mut properties = message.properties.clone();
+    properties
+        .headers
+        .get_or_insert_with(Table::default)
+        .insert(key, value);
+    Arc::new(Message {
+        exchange: message.exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        properties,
+        body: message.body.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -611,6 +976,9 @@ mod tests {
         fn cancelled(&self) {
             self.cancelled.fetch_add(1, Ordering::SeqCst);
         }
+        fn unreserve(&self) {
+            self.credit.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     fn sink(credit: usize) -> Arc<TestSink> {
@@ -631,15 +999,33 @@ mod tests {
     }
 
     fn queue() -> Arc<Queue> {
-        Queue::new("/".into(), "q".into(), QueueOptions::default(), None, None)
+        Queue::new(
+            "/".into(),
+            "q".into(),
+            QueueOptions::default(),
+            QueueArgs::default(),
+            None,
+            None,
+            Weak::new(),
+        )
     }
 
     #[test]
     fn credit_limits_deliveries_and_dispatch_resumes() {
         let q = queue();
         let s = sink(2);
-        q.add_consumer("c".into(), 1, 1, false, false, s.clone())
-            .unwrap();
+        q.add_consumer(
+            "c".into(),
+            1,
+            1,
+            ConsumerOptions {
+                exclusive: false,
+                no_ack: false,
+                priority: 0,
+            },
+            s.clone(),
+        )
+        .unwrap();
         for b in ["1", "2", "3"] {
             q.publish(msg(b), None);
         }
@@ -674,10 +1060,30 @@ mod tests {
     fn round_robin_between_consumers() {
         let q = queue();
         let (a, b) = (sink(10), sink(10));
-        q.add_consumer("a".into(), 1, 1, false, false, a.clone())
-            .unwrap();
-        q.add_consumer("b".into(), 1, 1, false, false, b.clone())
-            .unwrap();
+        q.add_consumer(
+            "a".into(),
+            1,
+            1,
+            ConsumerOptions {
+                exclusive: false,
+                no_ack: false,
+                priority: 0,
+            },
+            a.clone(),
+        )
+        .unwrap();
+        q.add_consumer(
+            "b".into(),
+            1,
+            1,
+            ConsumerOptions {
+                exclusive: false,
+                no_ack: false,
+                priority: 0,
+            },
+            b.clone(),
+        )
+        .unwrap();
         for _ in 0..4 {
             q.publish(msg("x"), None);
         }
@@ -688,10 +1094,30 @@ mod tests {
     #[test]
     fn exclusive_consumer_refuses_others() {
         let q = queue();
-        q.add_consumer("a".into(), 1, 1, true, false, sink(1))
-            .unwrap();
+        q.add_consumer(
+            "a".into(),
+            1,
+            1,
+            ConsumerOptions {
+                exclusive: true,
+                no_ack: false,
+                priority: 0,
+            },
+            sink(1),
+        )
+        .unwrap();
         let err = q
-            .add_consumer("b".into(), 2, 1, false, false, sink(1))
+            .add_consumer(
+                "b".into(),
+                2,
+                1,
+                ConsumerOptions {
+                    exclusive: false,
+                    no_ack: false,
+                    priority: 0,
+                },
+                sink(1),
+            )
             .unwrap_err();
         assert!(matches!(err, CoreError::AccessRefused(_)));
     }
@@ -700,8 +1126,18 @@ mod tests {
     fn deletion_cancels_consumers() {
         let q = queue();
         let s = sink(1);
-        q.add_consumer("a".into(), 1, 1, false, false, s.clone())
-            .unwrap();
+        q.add_consumer(
+            "a".into(),
+            1,
+            1,
+            ConsumerOptions {
+                exclusive: false,
+                no_ack: false,
+                priority: 0,
+            },
+            s.clone(),
+        )
+        .unwrap();
         q.mark_deleted();
         assert_eq!(s.cancelled.load(Ordering::SeqCst), 1);
         assert!(q.is_deleted());

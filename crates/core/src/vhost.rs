@@ -1,13 +1,16 @@
 //! A virtual host: its own namespace of exchanges and queues, and routing.
 
+use crate::args::QueueArgs;
+use crate::deadletter::{Reason, dead_lettered, is_cycle};
 use crate::error::{CoreError, CoreResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, Properties, Table, Value};
 use crate::persist::{BindingDef, ExchangeDef, MemoryBudget, QueueDef, SharedPersistence, Stored};
-use crate::queue::{ConnectionId, Durability, Queue, QueueOptions};
+use crate::queue::{Accepted, ConnectionId, Durability, Queue, QueueOptions};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Weak;
 
 /// How deep exchange-to-exchange bindings are followed before giving up on a cycle.
 const MAX_EXCHANGE_HOPS: usize = 32;
@@ -30,6 +33,16 @@ pub struct VHost {
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     persistence: Option<SharedPersistence>,
     budget: Arc<MemoryBudget>,
+    myself: Weak<VHost>,
+}
+
+/// What became of a message handed to [`VHost::enqueue`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Enqueued {
+    /// It was written to the store: confirm only once that is durable.
+    pub on_disk: bool,
+    /// A queue refused it (`x-overflow = reject-publish`): nack it.
+    pub rejected: bool,
 }
 
 /// What a publish reached.
@@ -65,35 +78,38 @@ impl VHost {
         persistence: Option<SharedPersistence>,
         budget: Arc<MemoryBudget>,
     ) -> Arc<Self> {
-        let vhost = VHost {
-            name: name.into(),
-            exchanges: RwLock::new(HashMap::new()),
-            queues: RwLock::new(HashMap::new()),
-            persistence,
-            budget,
-        };
-        {
-            let mut ex = vhost.exchanges.write();
-            for (n, kind) in [
-                ("", ExchangeKind::Direct),
-                ("amq.direct", ExchangeKind::Direct),
-                ("amq.fanout", ExchangeKind::Fanout),
-                ("amq.topic", ExchangeKind::Topic),
-                ("amq.headers", ExchangeKind::Headers),
-                ("amq.match", ExchangeKind::Headers),
-            ] {
-                let name: Arc<str> = n.into();
-                let options = ExchangeOptions {
-                    kind,
-                    durable: true,
-                    auto_delete: false,
-                    internal: false,
-                    arguments: Table::default(),
-                };
-                ex.insert(name.clone(), Exchange::new(name, options));
+        Arc::new_cyclic(|myself| {
+            let vhost = VHost {
+                name: name.into(),
+                exchanges: RwLock::new(HashMap::new()),
+                queues: RwLock::new(HashMap::new()),
+                persistence,
+                budget,
+                myself: myself.clone(),
+            };
+            {
+                let mut ex = vhost.exchanges.write();
+                for (n, kind) in [
+                    ("", ExchangeKind::Direct),
+                    ("amq.direct", ExchangeKind::Direct),
+                    ("amq.fanout", ExchangeKind::Fanout),
+                    ("amq.topic", ExchangeKind::Topic),
+                    ("amq.headers", ExchangeKind::Headers),
+                    ("amq.match", ExchangeKind::Headers),
+                ] {
+                    let name: Arc<str> = n.into();
+                    let options = ExchangeOptions {
+                        kind,
+                        durable: true,
+                        auto_delete: false,
+                        internal: false,
+                        arguments: Table::default(),
+                    };
+                    ex.insert(name.clone(), Exchange::new(name, options));
+                }
             }
-        }
-        Arc::new(vhost)
+            vhost
+        })
     }
 
     /// The vhost's name.
@@ -225,12 +241,15 @@ impl VHost {
     pub fn restore_queue(&self, def: QueueDef) -> Arc<Queue> {
         let name: Arc<str> = def.name.into();
         let durability = self.durability(Some(def.id));
+        let args = QueueArgs::parse(&def.options.arguments, &name, &self.name).unwrap_or_default();
         let queue = Queue::new(
             self.name.clone(),
             name.clone(),
             def.options,
+            args,
             None,
             durability,
+            self.myself.clone(),
         );
         self.queues.write().insert(name, queue.clone());
         queue
@@ -441,7 +460,10 @@ impl VHost {
             }
         };
         if passive {
-            return self.queue(name, conn).map(declared);
+            return self.queue(name, conn).map(|q| {
+                q.touch();
+                declared(q)
+            });
         }
         if name.starts_with("amq.") {
             return Err(reserved("queue", name));
@@ -451,6 +473,7 @@ impl VHost {
         } else {
             name.into()
         };
+        let args = QueueArgs::parse(&options.arguments, &name, &self.name)?;
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&name) {
             existing.check_access(conn)?;
@@ -487,6 +510,7 @@ impl VHost {
                     ));
                 }
             }
+            existing.touch();
             return Ok(declared(existing.clone()));
         }
         let owner = options.exclusive.then_some(conn);
@@ -506,7 +530,15 @@ impl VHost {
             d.persistence
                 .put_definition("queue", &QueueDef::key(&self.name, &name), &def.encode());
         }
-        let queue = Queue::new(self.name.clone(), name.clone(), options, owner, durability);
+        let queue = Queue::new(
+            self.name.clone(),
+            name.clone(),
+            options,
+            args,
+            owner,
+            durability,
+            self.myself.clone(),
+        );
         queues.insert(name, queue.clone());
         Ok(declared(queue))
     }
@@ -692,29 +724,73 @@ impl VHost {
                 self.name
             )));
         }
-        let mut pending = vec![x];
-        let mut visited: Vec<Arc<str>> = Vec::new();
-        while let Some(x) = pending.pop() {
-            if visited.len() >= MAX_EXCHANGE_HOPS {
-                break;
-            }
-            visited.push(x.name().into());
-            x.route(routing_key, properties, |d| match d {
-                Destination::Queue(q) => {
-                    if !routed.queues.iter().any(|r| Arc::ptr_eq(r, q)) {
-                        routed.queues.push(q.clone());
-                    }
-                }
-                Destination::Exchange(name) => {
-                    if !visited.iter().any(|v| v == name)
-                        && let Some(next) = self.exchanges.read().get(name)
-                    {
-                        pending.push(next.clone());
-                    }
-                }
-            });
-        }
+        self.route_from(x, routing_key, properties, routed);
         Ok(())
+    }
+
+    /// Routes without the internal-exchange check (dead-lettering may target one).
+    fn route_internal(
+        &self,
+        exchange: &str,
+        routing_key: &[u8],
+        properties: &Properties,
+        routed: &mut Routed,
+    ) -> CoreResult<()> {
+        if exchange.is_empty() {
+            return self.route(exchange, routing_key, properties, routed);
+        }
+        let x = self.exchange(exchange)?;
+        self.route_from(x, routing_key, properties, routed);
+        Ok(())
+    }
+
+    /// Follows bindings (exchange-to-exchange too, each exchange once) and,
+    /// when nothing matched, the `alternate-exchange` chain.
+    fn route_from(
+        &self,
+        first: Arc<Exchange>,
+        routing_key: &[u8],
+        properties: &Properties,
+        routed: &mut Routed,
+    ) {
+        let mut visited: Vec<Arc<str>> = Vec::new();
+        let mut start = Some(first);
+        while let Some(x) = start.take() {
+            let mut pending = vec![x.clone()];
+            while let Some(x) = pending.pop() {
+                if visited.len() >= MAX_EXCHANGE_HOPS {
+                    return;
+                }
+                if visited.iter().any(|v| **v == *x.name()) {
+                    continue;
+                }
+                visited.push(x.name().into());
+                x.route(routing_key, properties, |d| match d {
+                    Destination::Queue(q) => {
+                        if !routed.queues.iter().any(|r| Arc::ptr_eq(r, q)) {
+                            routed.queues.push(q.clone());
+                        }
+                    }
+                    Destination::Exchange(name) => {
+                        if !visited.iter().any(|v| v == name)
+                            && let Some(next) = self.exchanges.read().get(name)
+                        {
+                            pending.push(next.clone());
+                        }
+                    }
+                });
+            }
+            if routed.queues.is_empty()
+                && let Some(ae) = x
+                    .options()
+                    .arguments
+                    .get("alternate-exchange")
+                    .and_then(Value::as_str)
+                && !visited.iter().any(|v| &**v == ae)
+            {
+                start = self.exchanges.read().get(ae).cloned();
+            }
+        }
     }
 
     /// Routes and enqueues a message; returns how many queues took it.
@@ -727,28 +803,95 @@ impl VHost {
     }
 
     /// Appends a routed message to its queues. A persistent message is written
-    /// to the store once for all the durable queues among them; returns true
-    /// when it was, so the caller waits for durability before confirming.
-    pub fn enqueue(&self, message: &Arc<Message>, queues: &[Arc<Queue>]) -> bool {
+    /// to the store once for all the durable queues that accept it.
+    pub fn enqueue(&self, message: &Arc<Message>, queues: &[Arc<Queue>]) -> Enqueued {
+        let mut out = Enqueued::default();
+        let size = message.size();
         let mut written = None;
         if message.properties.is_persistent()
             && let Some(p) = &self.persistence
         {
-            let ids: Vec<u64> = queues.iter().filter_map(|q| q.durable_id()).collect();
+            let ids: Vec<u64> = queues
+                .iter()
+                .filter(|q| !q.would_refuse(size))
+                .filter_map(|q| q.durable_id())
+                .collect();
             if !ids.is_empty() {
                 let msg_id = p.next_msg_id();
                 let at = p.publish(msg_id, &ids, message);
-                written = Some((msg_id, at));
+                written = Some((msg_id, at, ids));
+                out.on_disk = true;
             }
         }
         for q in queues {
-            let stored = match (q.durable_id(), written) {
-                (Some(queue), Some((msg_id, at))) => Some(Stored { queue, msg_id, at }),
+            let stored = match (q.durable_id(), &written) {
+                (Some(queue), Some((msg_id, at, ids))) if ids.contains(&queue) => Some(Stored {
+                    queue,
+                    msg_id: *msg_id,
+                    at: *at,
+                }),
                 _ => None,
             };
-            q.publish(message.clone(), stored);
+            if q.publish(message.clone(), stored) == Accepted::Rejected {
+                out.rejected = true;
+            }
         }
-        written.is_some()
+        out
+    }
+
+    /// Republishes a message a queue gave up on to its dead-letter exchange,
+    /// with RabbitMQ's `x-death` bookkeeping; dropped if the exchange is gone
+    /// or the route would be a cycle with no rejection in it.
+    pub fn dead_letter(
+        &self,
+        message: &Message,
+        queue: &str,
+        reason: Reason,
+        dlx: &str,
+        routing_key: Option<&str>,
+        now_ms: u64,
+    ) {
+        let dead = dead_lettered(message, queue, reason, now_ms / 1000);
+        let dead = match routing_key {
+            Some(k) => Arc::new(Message {
+                exchange: dead.exchange.clone(),
+                routing_key: bytes::Bytes::copy_from_slice(k.as_bytes()),
+                properties: dead.properties.clone(),
+                body: dead.body.clone(),
+            }),
+            None => dead,
+        };
+        let mut routed = Routed::default();
+        if self
+            .route_internal(dlx, &dead.routing_key, &dead.properties, &mut routed)
+            .is_err()
+        {
+            return;
+        }
+        routed.queues.retain(|q| !is_cycle(&dead, q.name()));
+        let dead = Arc::new(Message {
+            exchange: bytes::Bytes::copy_from_slice(dlx.as_bytes()),
+            routing_key: dead.routing_key.clone(),
+            properties: dead.properties.clone(),
+            body: dead.body.clone(),
+        });
+        self.enqueue(&dead, &routed.queues);
+    }
+
+    /// The periodic sweep: expires messages and deletes queues unused past `x-expires`.
+    pub fn tick(&self, now_ms: u64) {
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.args().needs_tick())
+            .cloned()
+            .collect();
+        for q in queues {
+            if q.tick(now_ms) {
+                self.remove_queue(&q);
+            }
+        }
     }
 }
 

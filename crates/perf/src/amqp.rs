@@ -226,6 +226,8 @@ struct ProducerCfg {
     persistent: bool,
     confirm: Option<usize>,
     pipeline: usize,
+    /// With `--count`: messages claimed so far by all producers, and the total.
+    quota: Option<(Arc<AtomicU64>, u64)>,
 }
 
 type Published = lapin::Result<(PublisherConfirm, Option<OwnedSemaphorePermit>)>;
@@ -318,6 +320,11 @@ async fn produce(
                 Some(res) = inflight.next() => handle(res, &mut failed),
                 _ = sleep_until(deadline) => break 'outer,
             }
+        }
+        if let Some((claimed, total)) = &cfg.quota
+            && claimed.fetch_add(1, Relaxed) >= *total
+        {
+            break;
         }
         let mut body = template.clone();
         body[..8].copy_from_slice(&now_nanos().to_le_bytes());
@@ -506,6 +513,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
         persistent: args.persistent,
         confirm: args.confirm,
         pipeline: args.pipeline,
+        quota: args.count.map(|n| (Arc::new(AtomicU64::new(0)), n)),
     };
     if args.size < 8 {
         eprintln!(
@@ -563,7 +571,22 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
         })
     };
 
-    sleep_until(deadline).await;
+    match args.count {
+        // Until the last message is confirmed (or sent), an error, or the deadline.
+        Some(total) => loop {
+            let now = stats.snapshot();
+            let done = if args.confirm.is_some() {
+                now.confirmed + now.nacked
+            } else {
+                now.sent
+            };
+            if done >= total || now.errors > 0 || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        },
+        None => sleep_until(deadline).await,
+    }
     let window = start.elapsed().as_secs_f64();
     let at_deadline = stats.snapshot();
 
@@ -655,7 +678,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     };
 
     println!(
-        "summary: topology {}, producers {}, consumers {}, size {} B{}{}{}, duration {:.1}s",
+        "summary: topology {}, producers {}, consumers {}, size {} B{}{}{}{}, duration {:.1}s",
         args.topology.name(),
         args.producers,
         args.consumers,
@@ -669,6 +692,10 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
             format!(", rate {}/s per producer", args.rate)
         } else {
             String::new()
+        },
+        match args.count {
+            Some(n) => format!(", count {n}"),
+            None => String::new(),
         },
         window
     );
@@ -709,6 +736,7 @@ pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
             "persistent": args.persistent,
             "confirm": args.confirm,
             "rate": args.rate,
+            "count": args.count,
             "prefetch": args.prefetch,
             "autoack": args.autoack,
             "duration_s": window,

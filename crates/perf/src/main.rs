@@ -64,9 +64,13 @@ pub struct AmqpArgs {
     /// Message body size in bytes (at least 8: the send timestamp lives in the first 8 bytes).
     #[arg(long, short = 's', default_value_t = 16)]
     pub size: usize,
-    /// How long producers publish, in seconds.
+    /// How long producers publish, in seconds (with `--count`: the most they may take).
     #[arg(long, short = 'z', default_value_t = 10.0)]
     pub duration: f64,
+    /// Publish this many messages in all (shared by the producers), then stop: the run ends
+    /// when the last one is confirmed (or sent, without `--confirm`), or at `--duration`.
+    #[arg(long)]
+    pub count: Option<u64>,
     /// Messages per second per producer; 0 = as fast as possible.
     #[arg(long, short = 'r', default_value_t = 0.0)]
     pub rate: f64,
@@ -169,6 +173,10 @@ fn real_main() -> anyhow::Result<()> {
         Command::Amqp(args) => {
             anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
             anyhow::ensure!(args.producers > 0 || args.consumers > 0, "nothing to do");
+            anyhow::ensure!(
+                args.count.is_none() || args.producers > 0,
+                "--count needs at least one producer"
+            );
             watchdog(secs(args.duration + args.drain_timeout + 90.0));
             let code = rt.block_on(amqp::run(args))?;
             rt.shutdown_timeout(Duration::from_secs(2));

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tributary_amqp::ConnectionConfig;
 
+/// How often expired messages and unused queues are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connections to finish their close handshake.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +62,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
+    tracker.spawn(sweep(broker.clone(), shutdown.clone()));
     signals.wait().await;
     tracing::info!("shutting down: closing connections");
     shutdown.cancel();
@@ -75,6 +78,22 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the core's periodic sweep (message TTLs, `x-expires`) until shutdown.
+async fn sweep(broker: Arc<tributary_core::Broker>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(SWEEP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let b = broker.clone();
+                // The sweep may touch many queues; keep it off the IO threads' hot path.
+                let _ = tokio::task::spawn_blocking(move || b.tick()).await;
+            }
+        }
+    }
 }
 
 async fn accept_loop(

@@ -39,6 +39,15 @@ pub enum TxOp {
     },
 }
 
+/// A publisher confirm to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// basic.ack with multiple=true up to this sequence number.
+    AckUpTo(u64),
+    /// basic.nack of this one publish.
+    Nack(u64),
+}
+
 /// How the client settled a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -65,8 +74,10 @@ pub struct Channel {
     pub consumer_prefetch: u32,
     /// In confirm mode, the last publish sequence number.
     pub confirm_seq: Option<u64>,
-    /// Highest confirm not yet sent (coalesced into one multiple ack).
-    pub confirm_pending: Option<u64>,
+    /// Confirms decided but not yet written (acks coalesced with multiple=true).
+    pub confirm_out: Vec<Confirm>,
+    /// Publishes a queue refused (reject-publish), to be nacked in order.
+    pub nacked: std::collections::BTreeSet<u64>,
     /// In tx mode, the buffered operations.
     pub tx: Option<Vec<TxOp>>,
     /// Last queue declared on the channel (an empty queue name means it).
@@ -90,8 +101,12 @@ impl Channel {
     }
 
     /// Records publish `seq` in confirm mode; `waits_for_disk` holds its
-    /// confirm (and every later one) until the store reports it durable.
-    pub fn published(&mut self, seq: u64, waits_for_disk: bool) {
+    /// confirm (and every later one) until the store reports it durable;
+    /// `refused` makes it a basic.nack.
+    pub fn published(&mut self, seq: u64, waits_for_disk: bool, refused: bool) {
+        if refused {
+            self.nacked.insert(seq);
+        }
         if waits_for_disk {
             self.awaiting_durable.push_back(seq);
         }
@@ -109,9 +124,23 @@ impl Channel {
     fn advance_confirms(&mut self) {
         let last = self.confirm_seq.unwrap_or(0);
         let upto = self.awaiting_durable.front().map(|f| f - 1).unwrap_or(last);
+        while let Some(&n) = self.nacked.first() {
+            if n > upto {
+                break;
+            }
+            self.nacked.pop_first();
+            if n > self.confirmed_upto + 1 {
+                self.confirm_out.push(Confirm::AckUpTo(n - 1));
+            }
+            self.confirm_out.push(Confirm::Nack(n));
+            self.confirmed_upto = n;
+        }
         if upto > self.confirmed_upto {
             self.confirmed_upto = upto;
-            self.confirm_pending = Some(upto);
+            match self.confirm_out.last_mut() {
+                Some(Confirm::AckUpTo(prev)) => *prev = upto,
+                _ => self.confirm_out.push(Confirm::AckUpTo(upto)),
+            }
         }
     }
 
@@ -157,7 +186,8 @@ pub fn settle(deliveries: Vec<Unacked>, outcome: Outcome) {
                 Some((_, v)) => v.push(u.entry),
                 None => requeue.push((u.queue, vec![u.entry])),
             },
-            Outcome::Ack | Outcome::Discard => u.queue.settle(&u.entry),
+            Outcome::Ack => u.queue.settle(&u.entry),
+            Outcome::Discard => u.queue.reject(u.entry),
         }
     }
     for (q, entries) in requeue {

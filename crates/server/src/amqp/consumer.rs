@@ -153,6 +153,10 @@ impl ConsumerSink for Sink {
         }
     }
 
+    fn unreserve(&self) {
+        self.0.release();
+    }
+
     fn cancelled(&self) {
         let _ = self.0.tx.send(Outbound::Cancelled(self.0.clone()));
     }

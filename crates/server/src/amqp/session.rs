@@ -2,7 +2,7 @@
 //! connection machine turned into core operations, and core deliveries turned
 //! into frames. Owns the connection's channels; does no IO itself.
 
-use super::channel::{Channel, ChannelConsumer, Outcome, TxOp, Unacked, settle};
+use super::channel::{Channel, ChannelConsumer, Confirm, Outcome, TxOp, Unacked, settle};
 use super::consumer::{AmqpConsumer, ConnectionCredit, Outbound, Sink};
 use super::props;
 use crate::users::{AuthError, UserDb};
@@ -15,7 +15,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tributary_amqp::reply;
 use tributary_amqp::{BasicProperties, Connection, Event, FieldValue, Method, ShortStr};
 use tributary_core::{
-    Broker, ConnectionId, CoreError, ExchangeOptions, Message, QueueOptions, Routed, VHost,
+    Broker, ConnectionId, ConsumerOptions, CoreError, ExchangeOptions, Message, QueueOptions,
+    Routed, VHost,
 };
 
 /// Maps a core refusal to its AMQP reply code and whether it closes the whole
@@ -258,14 +259,19 @@ impl Session {
     /// Sends the coalesced publisher confirms (one basic.ack multiple per channel).
     pub fn flush_confirms(&mut self, conn: &mut Connection) {
         for (id, ch) in self.channels.iter_mut() {
-            if let Some(tag) = ch.confirm_pending.take() {
-                conn.send_method(
-                    *id,
-                    &Method::BasicAck {
+            for confirm in ch.confirm_out.drain(..) {
+                let method = match confirm {
+                    Confirm::AckUpTo(tag) => Method::BasicAck {
                         delivery_tag: tag,
                         multiple: true,
                     },
-                );
+                    Confirm::Nack(tag) => Method::BasicNack {
+                        delivery_tag: tag,
+                        multiple: false,
+                        requeue: false,
+                    },
+                };
+                conn.send_method(*id, &method);
             }
         }
     }
@@ -465,20 +471,22 @@ impl Session {
                         &message.body,
                     );
                 }
-                let mut on_disk = false;
+                let mut outcome = tributary_core::Enqueued::default();
                 if in_tx {
                     if let Some(tx) = self.channels.get_mut(&channel).and_then(|c| c.tx.as_mut()) {
                         tx.push(TxOp::Publish(message, routed.queues.clone()));
                     }
                 } else {
-                    on_disk = vhost.enqueue(&message, &routed.queues);
+                    outcome = vhost.enqueue(&message, &routed.queues);
                 }
                 if let Some(ch) = self.channels.get_mut(&channel)
                     && let Some(seq) = ch.confirm_seq.as_mut()
                 {
                     *seq += 1;
                     let seq = *seq;
-                    if on_disk && let Some(p) = self.broker.persistence() {
+                    if outcome.on_disk
+                        && let Some(p) = self.broker.persistence()
+                    {
                         let (tx, epoch) = (self.tx.clone(), ch.epoch);
                         p.when_durable(Box::new(move || {
                             let _ = tx.send(Outbound::Durable {
@@ -488,7 +496,7 @@ impl Session {
                             });
                         }));
                     }
-                    ch.published(seq, on_disk);
+                    ch.published(seq, outcome.on_disk, outcome.rejected);
                 }
             }
         }
@@ -731,6 +739,7 @@ impl Session {
                 no_ack,
                 exclusive,
                 nowait,
+                arguments,
                 ..
             } => self.consume(
                 conn,
@@ -738,6 +747,11 @@ impl Session {
                 &vhost,
                 queue,
                 consumer_tag,
+                arguments
+                    .get("x-priority")
+                    .and_then(|v| props::value_to_core(v.clone()).as_i64())
+                    .unwrap_or(0)
+                    .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
                 no_ack,
                 exclusive,
                 nowait,
@@ -878,7 +892,7 @@ impl Session {
                 for op in ops {
                     match op {
                         TxOp::Publish(message, queues) => {
-                            on_disk |= vhost.enqueue(&message, &queues);
+                            on_disk |= vhost.enqueue(&message, &queues).on_disk;
                         }
                         TxOp::Settle { tags, outcome } => {
                             let Some(ch) = self.channels.get_mut(&channel) else {
@@ -944,6 +958,7 @@ impl Session {
         vhost: &Arc<VHost>,
         queue: ShortStr,
         consumer_tag: ShortStr,
+        priority: i32,
         no_ack: bool,
         exclusive: bool,
         nowait: bool,
@@ -993,8 +1008,11 @@ impl Session {
             tag.clone(),
             self.id,
             channel,
-            exclusive,
-            no_ack,
+            ConsumerOptions {
+                exclusive,
+                no_ack,
+                priority,
+            },
             Arc::new(Sink(consumer)),
         ) {
             if let Some(ch) = self.channels.get_mut(&channel) {
