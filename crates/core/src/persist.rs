@@ -49,7 +49,11 @@ pub struct Stored {
 pub struct MemoryBudget {
     limit: usize,
     used: AtomicUsize,
+    entries: AtomicUsize,
 }
+
+/// Bookkeeping bytes per queued message (slot, index entry), for the memory estimate.
+pub const ENTRY_OVERHEAD: usize = 160;
 
 impl MemoryBudget {
     /// A budget of `limit` bytes of bodies.
@@ -57,6 +61,7 @@ impl MemoryBudget {
         MemoryBudget {
             limit,
             used: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
         }
     }
 
@@ -77,6 +82,25 @@ impl MemoryBudget {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
                 Some(u.saturating_sub(size))
             });
+    }
+
+    /// Counts messages added to queues.
+    pub fn entries_added(&self, n: usize) {
+        self.entries.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts messages that left queues.
+    pub fn entries_removed(&self, n: usize) {
+        let _ = self
+            .entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Estimated bytes queues hold in memory: loaded bodies plus per-message bookkeeping.
+    pub fn in_use(&self) -> usize {
+        self.used() + self.entries.load(Ordering::Relaxed) * ENTRY_OVERHEAD
     }
 
     /// Bytes of bodies held in queues now.

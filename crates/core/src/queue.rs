@@ -421,6 +421,7 @@ impl Queue {
             message: None,
         };
         if let Some(d) = &self.durability {
+            d.budget.entries_added(1);
             if st.ready.len() >= KEEP_LOADED_AT_HEAD && d.budget.would_exceed(size) {
                 let stored = match entry.stored {
                     Some(s) if s.at.is_some() => Some(s),
@@ -452,8 +453,11 @@ impl Queue {
     fn take_head(&self, st: &mut State) -> Option<Slot> {
         let slot = st.ready.pop_front()?;
         st.ready_bytes -= slot.size;
-        if let (Some(d), Some(_)) = (&self.durability, &slot.message) {
-            d.budget.release(slot.size);
+        if let Some(d) = &self.durability {
+            d.budget.entries_removed(1);
+            if slot.message.is_some() {
+                d.budget.release(slot.size);
+            }
         }
         Some(slot)
     }
@@ -672,6 +676,7 @@ impl Queue {
         st.ready_bytes += size;
         if let Some(d) = &self.durability {
             d.budget.take(size);
+            d.budget.entries_added(1);
         }
         let priority = entry.message.properties.priority.unwrap_or(0);
         st.ready.insert_by_seq(Slot {
@@ -767,8 +772,11 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready.len();
         for slot in st.ready.drain() {
-            if let (Some(d), Some(_)) = (&self.durability, &slot.message) {
-                d.budget.release(slot.size);
+            if let Some(d) = &self.durability {
+                d.budget.entries_removed(1);
+                if slot.message.is_some() {
+                    d.budget.release(slot.size);
+                }
             }
             self.forget(slot.stored);
         }
@@ -894,8 +902,11 @@ impl Queue {
             st.deleted = true;
             let n = st.ready.len();
             for slot in st.ready.drain() {
-                if let (Some(d), Some(_)) = (&self.durability, &slot.message) {
-                    d.budget.release(slot.size);
+                if let Some(d) = &self.durability {
+                    d.budget.entries_removed(1);
+                    if slot.message.is_some() {
+                        d.budget.release(slot.size);
+                    }
                 }
             }
             st.ready_bytes = 0;

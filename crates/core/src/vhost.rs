@@ -460,10 +460,8 @@ impl VHost {
             }
         };
         if passive {
-            return self.queue(name, conn).map(|q| {
-                q.touch();
-                declared(q)
-            });
+            // A passive declare only looks: it does not renew an `x-expires` lease.
+            return self.queue(name, conn).map(declared);
         }
         if name.starts_with("amq.") {
             return Err(reserved("queue", name));

@@ -23,6 +23,36 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Message store.
     pub store: StoreConfig,
+    /// Flow control.
+    pub flow: FlowConfig,
+}
+
+/// Flow control: publishers are blocked while queues hold too much memory.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    /// Bytes queues may hold in memory (bodies and bookkeeping) before publishing
+    /// connections are blocked (connection.blocked); default 40% of RAM, as RabbitMQ's
+    /// `vm_memory_high_watermark`.
+    pub memory_high_watermark: Option<usize>,
+}
+
+impl FlowConfig {
+    /// The watermark in bytes.
+    pub fn watermark(&self) -> usize {
+        self.memory_high_watermark.unwrap_or_else(|| {
+            let total_kib = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with("MemTotal:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<usize>().ok())
+                })
+                .unwrap_or(4 * 1024 * 1024);
+            total_kib * 1024 / 10 * 4
+        })
+    }
 }
 
 /// Message store settings.

@@ -32,6 +32,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let (broker, store) =
         crate::persistence::open(&data_dir.join("store"), config.store.memory_budget)?;
     let shutdown = CancellationToken::new();
+    let (flow_tx, flow_rx) = tokio::sync::watch::channel(false);
     let tracker = TaskTracker::new();
     tracing::info!(data_dir = %data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting Tributary");
 
@@ -42,6 +43,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         tracing::info!("listening protocol=amqp addr={local}");
         let ctx = Arc::new(AmqpContext {
+            flow: flow_rx.clone(),
             broker: broker.clone(),
             users: users.clone(),
             config: ConnectionConfig {
@@ -62,7 +64,12 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
-    tracker.spawn(sweep(broker.clone(), shutdown.clone()));
+    tracker.spawn(sweep(
+        broker.clone(),
+        flow_tx,
+        config.flow.watermark(),
+        shutdown.clone(),
+    ));
     signals.wait().await;
     tracing::info!("shutting down: closing connections");
     shutdown.cancel();
@@ -80,8 +87,14 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the core's periodic sweep (message TTLs, `x-expires`) until shutdown.
-async fn sweep(broker: Arc<tributary_core::Broker>, shutdown: CancellationToken) {
+/// Runs the core's periodic sweep (message TTLs, `x-expires`) and the memory
+/// alarm (flow control) until shutdown.
+async fn sweep(
+    broker: Arc<tributary_core::Broker>,
+    flow: tokio::sync::watch::Sender<bool>,
+    watermark: usize,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(SWEEP_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,6 +104,16 @@ async fn sweep(broker: Arc<tributary_core::Broker>, shutdown: CancellationToken)
                 let b = broker.clone();
                 // The sweep may touch many queues; keep it off the IO threads' hot path.
                 let _ = tokio::task::spawn_blocking(move || b.tick()).await;
+                let in_use = broker.memory_budget().in_use();
+                let alarm = in_use > watermark;
+                if alarm != *flow.borrow() {
+                    if alarm {
+                        tracing::warn!(in_use, watermark, "memory alarm set: blocking publishers");
+                    } else {
+                        tracing::info!(in_use, watermark, "memory alarm cleared: unblocking publishers");
+                    }
+                    let _ = flow.send(alarm);
+                }
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct AmqpContext {
     pub config: ConnectionConfig,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// The memory alarm: while true, publishing connections are not read from.
+    pub flow: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Runs one connection to its end.
@@ -52,6 +54,8 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     let mut shutting_down = false;
     let mut shutdown_deadline: Option<tokio::time::Instant> = None;
     let mut closed = false;
+    let mut flow = ctx.flow.clone();
+    let mut blocked_sent = false;
 
     loop {
         if process_events(&mut conn, &mut session) == Flow::Closed {
@@ -76,7 +80,13 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
             .into_iter()
             .chain(shutdown_deadline)
             .min();
-        let can_read = outbuf.len() < WRITE_HIGH_WATER;
+        let flow_blocked = *flow.borrow() && session.is_publisher();
+        if flow_blocked != blocked_sent && conn.is_open() {
+            session.notify_blocked(&mut conn, flow_blocked);
+            blocked_sent = flow_blocked;
+            continue;
+        }
+        let can_read = outbuf.len() < WRITE_HIGH_WATER && !flow_blocked;
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled(), if !shutting_down => {
@@ -103,7 +113,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                     inbuf.reserve(grow);
                 }
             }
-            Some(first) = rx.recv(), if can_read => {
+            Some(first) = rx.recv(), if outbuf.len() < WRITE_HIGH_WATER => {
                 session.handle_outbound(&mut conn, first);
                 for _ in 1..DELIVERY_BUDGET {
                     match rx.try_recv() {
@@ -112,6 +122,11 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                     }
                 }
                 session.redispatch_if_starved();
+            }
+            r = flow.changed() => {
+                if r.is_err() {
+                    break;
+                }
             }
             _ = sleep_until(timeout) => {
                 if shutdown_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {

@@ -55,6 +55,8 @@ pub struct Session {
     credit: Arc<ConnectionCredit>,
     tx: UnboundedSender<Outbound>,
     cancel_notify: bool,
+    blocked_notify: bool,
+    publisher: bool,
     routed: Routed,
     next_epoch: u64,
 }
@@ -90,6 +92,8 @@ impl Session {
             credit: Arc::new(ConnectionCredit::default()),
             tx,
             cancel_notify: false,
+            blocked_notify: false,
+            publisher: false,
             routed: Routed::default(),
             next_epoch: 0,
         }
@@ -135,15 +139,16 @@ impl Session {
                 match self.broker.vhost(&vhost) {
                     Some(v) => {
                         self.vhost = Some(v);
-                        self.cancel_notify = conn
-                            .client_properties()
-                            .and_then(|p| match p.get("capabilities") {
-                                Some(FieldValue::Table(t)) => {
-                                    Some(bool_arg(t, "consumer_cancel_notify"))
-                                }
-                                _ => None,
-                            })
-                            .unwrap_or(false);
+                        let capability = |name: &str| {
+                            conn.client_properties()
+                                .and_then(|p| match p.get("capabilities") {
+                                    Some(FieldValue::Table(t)) => Some(bool_arg(t, name)),
+                                    _ => None,
+                                })
+                                .unwrap_or(false)
+                        };
+                        self.cancel_notify = capability("consumer_cancel_notify");
+                        self.blocked_notify = capability("connection.blocked");
                         conn.accept_open();
                         tracing::info!(peer = %self.peer, user = self.user.as_deref().unwrap_or(""), vhost = %vhost, "AMQP connection opened");
                     }
@@ -254,6 +259,27 @@ impl Session {
         if let Some(v) = &self.vhost {
             v.connection_closed(self.id);
         }
+    }
+
+    /// True once the connection has published: only publishers are blocked by the memory alarm.
+    pub fn is_publisher(&self) -> bool {
+        self.publisher
+    }
+
+    /// Tells a client that asked for it (capability `connection.blocked`) that
+    /// the broker stopped, or resumed, reading its publishes.
+    pub fn notify_blocked(&mut self, conn: &mut Connection, blocked: bool) {
+        if !self.blocked_notify {
+            return;
+        }
+        let method = if blocked {
+            Method::ConnectionBlocked {
+                reason: ShortStr::from_static("low on memory"),
+            }
+        } else {
+            Method::ConnectionUnblocked
+        };
+        conn.send_method(0, &method);
     }
 
     /// Sends the coalesced publisher confirms (one basic.ack multiple per channel).
@@ -407,6 +433,7 @@ impl Session {
         body: Bytes,
     ) {
         let ids = (60, 40);
+        self.publisher = true;
         if immediate {
             self.connection_error(
                 conn,
