@@ -138,11 +138,6 @@ impl QueueArgs {
         a.delivery_limit = non_negative("x-delivery-limit")?;
         Ok(a)
     }
-
-    /// True when the queue needs the periodic expiry sweep.
-    pub fn needs_tick(&self) -> bool {
-        self.message_ttl.is_some() || self.expires.is_some()
-    }
 }
 
 /// Milliseconds since the Unix epoch: expiry times survive restarts as RabbitMQ's do.

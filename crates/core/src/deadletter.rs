@@ -58,7 +58,12 @@ pub fn dead_lettered(
         }
         _ => false,
     };
-    let routing_keys = Value::Array(vec![Value::LongStr(message.routing_key.clone())]);
+    let routing_keys = Value::Array(
+        std::iter::once(message.routing_key.clone())
+            .chain(message.properties.cc_keys("CC"))
+            .map(Value::LongStr)
+            .collect(),
+    );
     let exchange = Value::LongStr(message.exchange.clone());
     let entry = match deaths.iter().position(same) {
         Some(i) => {

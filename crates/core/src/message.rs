@@ -163,6 +163,24 @@ pub struct Properties {
 }
 
 impl Properties {
+    /// The extra routing keys of RabbitMQ's sender-selected distribution: the
+    /// string values of the `CC` (kept on the message) and `BCC` (removed
+    /// before delivery) header arrays.
+    pub fn cc_keys(&self, header: &str) -> Vec<Bytes> {
+        match self.headers.as_ref().and_then(|h| h.get(header)) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_bytes().map(Bytes::copy_from_slice))
+                .collect(),
+            Some(v) => v
+                .as_bytes()
+                .map(Bytes::copy_from_slice)
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// True when the publisher asked for the message to survive a restart.
     pub fn is_persistent(&self) -> bool {
         self.delivery_mode == Some(2)

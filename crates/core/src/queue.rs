@@ -230,6 +230,8 @@ pub struct Queue {
     owner: Option<ConnectionId>,
     durability: Option<Durability>,
     home: Weak<VHost>,
+    /// Set once a message with an expiry entered: the sweep then visits the queue.
+    may_expire: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -285,7 +287,13 @@ impl Queue {
             owner,
             durability,
             home,
+            may_expire: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// True when the periodic sweep has work here (TTLs or `x-expires`).
+    pub fn needs_tick(&self) -> bool {
+        self.args.expires.is_some() || self.may_expire.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store id of a durable queue backed by persistence.
@@ -409,6 +417,10 @@ impl Queue {
     fn push(&self, st: &mut State, entry: Entry) {
         let size = entry.message.size();
         st.ready_bytes += size;
+        if entry.expires_at.is_some() {
+            self.may_expire
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let priority = entry.message.properties.priority.unwrap_or(0);
         let mut slot = Slot {
             seq: entry.seq,

@@ -860,11 +860,17 @@ impl VHost {
             None => dead,
         };
         let mut routed = Routed::default();
-        if self
-            .route_internal(dlx, &dead.routing_key, &dead.properties, &mut routed)
-            .is_err()
-        {
-            return;
+        let mut keys = vec![dead.routing_key.clone()];
+        if routing_key.is_none() {
+            keys.extend(dead.properties.cc_keys("CC"));
+        }
+        for key in &keys {
+            if self
+                .route_internal(dlx, key, &dead.properties, &mut routed)
+                .is_err()
+            {
+                return;
+            }
         }
         routed.queues.retain(|q| !is_cycle(&dead, q.name()));
         let dead = Arc::new(Message {
@@ -882,7 +888,7 @@ impl VHost {
             .queues
             .read()
             .values()
-            .filter(|q| q.args().needs_tick())
+            .filter(|q| q.needs_tick())
             .cloned()
             .collect();
         for q in queues {

@@ -466,21 +466,34 @@ impl Session {
         }
         let vhost = self.vhost();
         let exchange_bytes = exchange.into_bytes();
+        let mut core_props = props::to_core(properties);
+        // Sender-selected distribution (RabbitMQ): CC and BCC add routing keys; BCC is
+        // removed before anyone sees the message.
+        let mut extra_keys = core_props.cc_keys("CC");
+        extra_keys.extend(core_props.cc_keys("BCC"));
+        if let Some(h) = core_props.headers.as_mut() {
+            h.0.retain(|(k, _)| k != "BCC");
+        }
         let message = Message::new(
             exchange_bytes.clone(),
             routing_key.into_bytes(),
-            props::to_core(properties),
+            core_props,
             body,
         );
         let mut routed = std::mem::take(&mut self.routed);
         routed.queues.clear();
         let exchange_name = std::str::from_utf8(&exchange_bytes).unwrap_or("\u{fffd}");
-        let result = vhost.route(
+        let mut result = vhost.route(
             exchange_name,
             &message.routing_key,
             &message.properties,
             &mut routed,
         );
+        for key in &extra_keys {
+            if result.is_ok() {
+                result = vhost.route(exchange_name, key, &message.properties, &mut routed);
+            }
+        }
         let in_tx = self.channels.get(&channel).is_some_and(|c| c.tx.is_some());
         match result {
             Err(e) => self.channel_error(conn, channel, e, ids),
