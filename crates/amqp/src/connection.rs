@@ -334,6 +334,16 @@ impl Connection {
         self.feed(buf);
     }
 
+    /// The driver stopped reading on purpose (flow control): the peer's
+    /// apparent silence is ours, so the missed-heartbeat deadline restarts from
+    /// `now`, as RabbitMQ does for blocked connections.
+    pub fn reading_paused(&mut self, now: Instant) {
+        self.tick(now);
+        if !matches!(self.state, State::Closed) {
+            self.last_recv = self.now;
+        }
+    }
+
     /// The next event, in the order they happened.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

@@ -1037,3 +1037,20 @@ fn client_channel_close_and_methods() {
     );
     assert_eq!(p.events(), vec![Event::ChannelOpened { channel: 1 }]);
 }
+
+#[test]
+fn paused_reading_restarts_the_missed_heartbeat_deadline() {
+    let mut p = Pair::open(ConnectionConfig::default(), (2047, 131072, 10));
+    // Flow control: the driver stops reading; the client's heartbeats pile up unread.
+    p.advance(Duration::from_secs(15));
+    let now = p.now;
+    p.conn.reading_paused(now);
+    p.advance(Duration::from_secs(15));
+    assert!(
+        !p.conn.is_closed(),
+        "dropped while the broker itself was not reading"
+    );
+    // Once reading resumes, silence counts again.
+    p.advance(Duration::from_secs(10));
+    assert!(p.conn.is_closed());
+}

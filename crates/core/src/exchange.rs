@@ -87,6 +87,20 @@ pub struct ExchangeOptions {
     pub internal: bool,
     /// Arguments.
     pub arguments: Table,
+    /// Declared as `x-delayed-message`: messages with an `x-delay` header wait
+    /// that many milliseconds before `kind` routes them.
+    pub delayed: bool,
+}
+
+impl ExchangeOptions {
+    /// The type name as declared.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            "x-delayed-message"
+        } else {
+            self.kind.as_str()
+        }
+    }
 }
 
 #[derive(Default)]

@@ -7,6 +7,7 @@
 pub mod args;
 pub mod broker;
 pub mod deadletter;
+pub mod delayed;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -93,6 +93,18 @@ impl Value {
         self.as_integer().and_then(|v| i64::try_from(v).ok())
     }
 
+    /// A copy that shares no buffer with the original (see [`Properties::detach`]).
+    pub fn detached(&self) -> Value {
+        match self {
+            Value::ShortStr(b) => Value::ShortStr(Bytes::copy_from_slice(b)),
+            Value::LongStr(b) => Value::LongStr(Bytes::copy_from_slice(b)),
+            Value::ByteArray(b) => Value::ByteArray(Bytes::copy_from_slice(b)),
+            Value::Array(a) => Value::Array(a.iter().map(Value::detached).collect()),
+            Value::Table(t) => Value::Table(t.detached()),
+            other => other.clone(),
+        }
+    }
+
     /// The value as UTF-8 text, for string arguments.
     pub fn as_str(&self) -> Option<&str> {
         self.as_bytes().and_then(|b| std::str::from_utf8(b).ok())
@@ -116,6 +128,16 @@ impl Table {
             Some(slot) => slot.1 = value,
             None => self.0.push((key, value)),
         }
+    }
+
+    /// A copy that shares no buffer with the original.
+    pub fn detached(&self) -> Table {
+        Table(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v.detached()))
+                .collect(),
+        )
     }
 
     /// True when the table has no entries.
@@ -178,6 +200,30 @@ impl Properties {
                 .into_iter()
                 .collect(),
             None => Vec::new(),
+        }
+    }
+
+    /// Makes every field own its bytes. Decoded fields are slices of a socket
+    /// read buffer; a message that waits in a queue must not pin that buffer.
+    pub fn detach(&mut self) {
+        for field in [
+            &mut self.content_type,
+            &mut self.content_encoding,
+            &mut self.correlation_id,
+            &mut self.reply_to,
+            &mut self.expiration,
+            &mut self.message_id,
+            &mut self.kind,
+            &mut self.user_id,
+            &mut self.app_id,
+            &mut self.cluster_id,
+        ] {
+            if let Some(b) = field.as_mut() {
+                *b = Bytes::copy_from_slice(b);
+            }
+        }
+        if let Some(h) = self.headers.as_mut() {
+            *h = h.detached();
         }
     }
 

@@ -513,6 +513,9 @@ pub struct BindingDef {
     pub arguments: Table,
 }
 
+/// Set in the stored exchange kind of an `x-delayed-message` exchange.
+const DELAYED_FLAG: u8 = 0x10;
+
 fn kind_tag(k: ExchangeKind) -> u8 {
     match k {
         ExchangeKind::Direct => 0,
@@ -534,7 +537,14 @@ impl ExchangeDef {
         out.put_u8(ENCODING_VERSION);
         put_bytes(&mut out, self.vhost.as_bytes());
         put_bytes(&mut out, self.name.as_bytes());
-        out.put_u8(kind_tag(self.options.kind));
+        out.put_u8(
+            kind_tag(self.options.kind)
+                | if self.options.delayed {
+                    DELAYED_FLAG
+                } else {
+                    0
+                },
+        );
         out.put_u8(self.options.durable as u8);
         out.put_u8(self.options.auto_delete as u8);
         out.put_u8(self.options.internal as u8);
@@ -548,7 +558,9 @@ impl ExchangeDef {
         check_version(&mut r)?;
         let vhost = r.string()?;
         let name = r.string()?;
-        let kind = match r.u8()? {
+        let tag = r.u8()?;
+        let delayed = tag & DELAYED_FLAG != 0;
+        let kind = match tag & !DELAYED_FLAG {
             0 => ExchangeKind::Direct,
             1 => ExchangeKind::Fanout,
             2 => ExchangeKind::Topic,
@@ -569,6 +581,7 @@ impl ExchangeDef {
                 auto_delete: r.bool()?,
                 internal: r.bool()?,
                 arguments: read_table(&mut r, 0)?,
+                delayed,
             },
         })
     }

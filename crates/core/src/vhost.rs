@@ -2,6 +2,7 @@
 
 use crate::args::QueueArgs;
 use crate::deadletter::{Reason, dead_lettered, is_cycle};
+use crate::delayed::{Held, Waiting, recorded_fire_at, requested_delay, with_fire_at};
 use crate::error::{CoreError, CoreResult};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeOptions};
 use crate::message::{Message, Properties, Table, Value};
@@ -34,6 +35,9 @@ pub struct VHost {
     persistence: Option<SharedPersistence>,
     budget: Arc<MemoryBudget>,
     myself: Weak<VHost>,
+    waiting: parking_lot::Mutex<Waiting>,
+    /// Store ids for delayed messages: durable (a definition) and scratch.
+    delay_ids: parking_lot::Mutex<(Option<u64>, Option<u64>)>,
 }
 
 /// What became of a message handed to [`VHost::enqueue`].
@@ -86,6 +90,8 @@ impl VHost {
                 persistence,
                 budget,
                 myself: myself.clone(),
+                waiting: parking_lot::Mutex::new(Waiting::default()),
+                delay_ids: parking_lot::Mutex::new((None, None)),
             };
             {
                 let mut ex = vhost.exchanges.write();
@@ -99,6 +105,7 @@ impl VHost {
                 ] {
                     let name: Arc<str> = n.into();
                     let options = ExchangeOptions {
+                        delayed: false,
                         kind,
                         durable: true,
                         auto_delete: false,
@@ -181,17 +188,35 @@ impl VHost {
         if name.starts_with("amq.") {
             return Err(reserved("exchange", name));
         }
-        let kind = ExchangeKind::parse(kind)
-            .ok_or_else(|| CoreError::CommandInvalid(format!("unknown exchange type '{kind}'")))?;
-        let options = options(kind);
+        let options = if kind == "x-delayed-message" {
+            let mut o = options(ExchangeKind::Direct);
+            let inner = o
+                .arguments
+                .get("x-delayed-type")
+                .and_then(Value::as_str)
+                .and_then(ExchangeKind::parse);
+            let Some(inner) = inner else {
+                return Err(CoreError::PreconditionFailed(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type".into(),
+                ));
+            };
+            o.kind = inner;
+            o.delayed = true;
+            o
+        } else {
+            let kind = ExchangeKind::parse(kind).ok_or_else(|| {
+                CoreError::CommandInvalid(format!("unknown exchange type '{kind}'"))
+            })?;
+            options(kind)
+        };
         let mut exchanges = self.exchanges.write();
         if let Some(existing) = exchanges.get(name) {
             let cur = existing.options();
-            let field = if cur.kind != options.kind {
+            let field = if cur.kind != options.kind || cur.delayed != options.delayed {
                 Some((
                     "type",
-                    options.kind.as_str().to_string(),
-                    cur.kind.as_str().to_string(),
+                    options.type_name().to_string(),
+                    cur.type_name().to_string(),
                 ))
             } else if cur.durable != options.durable {
                 Some((
@@ -882,8 +907,126 @@ impl VHost {
         self.enqueue(&dead, &routed.queues);
     }
 
-    /// The periodic sweep: expires messages and deletes queues unused past `x-expires`.
+    /// Holds a message published to an `x-delayed-message` exchange with a
+    /// positive `x-delay`; None when it should be routed now.
+    pub fn hold_delayed(&self, exchange: &str, message: &Arc<Message>) -> Option<Enqueued> {
+        if exchange.is_empty() {
+            return None;
+        }
+        let x = self.exchanges.read().get(exchange).cloned()?;
+        if !x.options().delayed {
+            return None;
+        }
+        let delay = requested_delay(message)?;
+        let fire_at = crate::args::now_ms().saturating_add(delay);
+        let mut out = Enqueued::default();
+        let held = match &self.persistence {
+            None => Held {
+                message: Some(message.clone()),
+                stored: None,
+            },
+            Some(p) => {
+                let durable = message.properties.is_persistent() && x.options().durable;
+                let queue = self.delay_store_id(p, durable);
+                let msg_id = p.next_msg_id();
+                let copy = with_fire_at(message, Some(fire_at));
+                match p.publish(msg_id, &[queue], &copy) {
+                    Some(at) => {
+                        out.on_disk = durable;
+                        Held {
+                            message: None,
+                            stored: Some(Stored {
+                                queue,
+                                msg_id,
+                                at: Some(at),
+                            }),
+                        }
+                    }
+                    None => Held {
+                        message: Some(message.clone()),
+                        stored: None,
+                    },
+                }
+            }
+        };
+        self.waiting.lock().hold(fire_at, held);
+        Some(out)
+    }
+
+    /// The store id delayed messages wait under: a durable one (recorded as a
+    /// definition so a restart finds them) or a scratch one.
+    fn delay_store_id(&self, p: &SharedPersistence, durable: bool) -> u64 {
+        let mut ids = self.delay_ids.lock();
+        let slot = if durable { &mut ids.0 } else { &mut ids.1 };
+        *slot.get_or_insert_with(|| {
+            let id = p.next_queue_id();
+            if durable {
+                p.put_definition("delayed", &self.name, &id.to_le_bytes());
+            }
+            id
+        })
+    }
+
+    /// Restores delayed messages found in the store at start-up under the
+    /// durable delay id; they fire at their recorded time.
+    pub fn restore_delayed(&self, id: u64, messages: Vec<(Arc<Message>, Stored)>) {
+        self.delay_ids.lock().0 = Some(id);
+        let now = crate::args::now_ms();
+        let mut w = self.waiting.lock();
+        for (m, stored) in messages {
+            let fire_at = recorded_fire_at(&m).unwrap_or(now);
+            w.hold(
+                fire_at,
+                Held {
+                    message: None,
+                    stored: Some(stored),
+                },
+            );
+        }
+    }
+
+    /// Delayed messages waiting to fire.
+    pub fn delayed_count(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    /// Routes the delayed messages that are due.
+    fn fire_delayed(&self, now_ms: u64) {
+        let due = self.waiting.lock().due(now_ms);
+        for held in due {
+            let message = match (
+                &held.message,
+                held.stored.and_then(|s| s.at),
+                &self.persistence,
+            ) {
+                (Some(m), _, _) => Some(m.clone()),
+                (None, Some(at), Some(p)) => p
+                    .read(at)
+                    .and_then(|b| crate::persist::decode_message(b).ok())
+                    .map(Arc::new),
+                _ => None,
+            };
+            if let Some(m) = message {
+                let m = with_fire_at(&m, None);
+                let mut routed = Routed::default();
+                let exchange = String::from_utf8_lossy(&m.exchange).into_owned();
+                if self
+                    .route_internal(&exchange, &m.routing_key, &m.properties, &mut routed)
+                    .is_ok()
+                {
+                    self.enqueue(&m, &routed.queues);
+                }
+            }
+            if let (Some(s), Some(p)) = (held.stored, &self.persistence) {
+                p.ack(s.queue, s.msg_id);
+            }
+        }
+    }
+
+    /// The periodic sweep: fires due delayed messages, expires messages and
+    /// deletes queues unused past `x-expires`.
     pub fn tick(&self, now_ms: u64) {
+        self.fire_delayed(now_ms);
         let queues: Vec<Arc<Queue>> = self
             .queues
             .read()
@@ -937,6 +1080,7 @@ mod tests {
 
     fn opts(kind: ExchangeKind) -> ExchangeOptions {
         ExchangeOptions {
+            delayed: false,
             kind,
             durable: false,
             auto_delete: false,
@@ -1030,6 +1174,7 @@ mod tests {
     fn auto_delete_exchange_goes_with_last_binding() {
         let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
         v.declare_exchange("ad", "direct", false, |k| ExchangeOptions {
+            delayed: false,
             auto_delete: true,
             ..opts(k)
         })

@@ -15,6 +15,7 @@ use tributary_store::{Location, Recovery, Store, StoreOptions};
 const EXCHANGES: &str = "exchanges";
 const QUEUES: &str = "queues";
 const BINDINGS: &str = "bindings";
+const DELAYED: &str = "delayed";
 
 /// `Persistence` over the segment log and its metadata tables.
 pub struct StorePersistence {
@@ -26,6 +27,7 @@ fn table(kind: &str) -> &'static str {
     match kind {
         "exchange" => EXCHANGES,
         "queue" => QUEUES,
+        "delayed" => DELAYED,
         _ => BINDINGS,
     }
 }
@@ -101,7 +103,13 @@ impl Persistence for StorePersistence {
 /// Opens the store in `dir`, builds the broker on it and restores everything
 /// durable: exchanges, queues, bindings, then each queue's messages in order.
 pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
-    let (store, recovery) = Store::open(dir, StoreOptions::default())
+    // Payloads are read back one by one below, so recovery needs memory for the
+    // index and the memory budget only, not for the whole log.
+    let options = StoreOptions {
+        load_payloads: false,
+        ..StoreOptions::default()
+    };
+    let (store, recovery) = Store::open(dir, options)
         .with_context(|| format!("cannot open the message store in {}", dir.display()))?;
     report(&recovery);
     let queue_defs: Vec<QueueDef> = decode_all(&store, QUEUES, QueueDef::decode)?;
@@ -126,7 +134,7 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
         let queue = v.restore_queue(def);
         let messages = queues.remove(&id).unwrap_or_default();
         restored += messages.len();
-        queue.restore(messages.into_iter().filter_map(|m| match decode_message(m.payload) {
+        queue.restore(messages.into_iter().filter_map(|m| match decode_message(read_payload(&store, &m)) {
             Ok(message) => {
                 let stored = Stored {
                     queue: id,
@@ -152,11 +160,52 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
             tracing::warn!(source = %def.source, destination = %def.destination, "dropping a stored binding whose ends are gone");
         }
     }
+    for (vhost, id) in store
+        .meta_list(DELAYED)
+        .context("cannot read stored delayed ids")?
+    {
+        let (Some(v), Ok(bytes)) = (broker.vhost(&vhost), <[u8; 8]>::try_from(id.as_slice()))
+        else {
+            continue;
+        };
+        let id = u64::from_le_bytes(bytes);
+        let held = queues.remove(&id).unwrap_or_default();
+        let messages = held
+            .into_iter()
+            .filter_map(|m| {
+                let stored = Stored {
+                    queue: id,
+                    msg_id: m.msg_id,
+                    at: Some(StoredAt {
+                        segment: m.location.segment,
+                        offset: m.location.offset,
+                        len: m.location.len,
+                    }),
+                };
+                decode_message(read_payload(&store, &m))
+                    .ok()
+                    .map(|msg| (Arc::new(msg), stored))
+            })
+            .collect::<Vec<_>>();
+        tracing::info!(vhost = %vhost, delayed = messages.len(), "recovered delayed messages");
+        v.restore_delayed(id, messages);
+    }
     for orphan in queues.keys() {
         store.append_queue_deleted(*orphan);
     }
     tracing::info!(messages = restored, "recovered durable state");
     Ok((broker, store))
+}
+
+/// A recovered message's payload, read back from the log by its location.
+fn read_payload(store: &Store, m: &tributary_store::RecoveredMessage) -> Bytes {
+    if !m.payload.is_empty() {
+        return m.payload.clone();
+    }
+    store.read(m.location).unwrap_or_else(|e| {
+        tracing::warn!(msg_id = m.msg_id, error = %e, "cannot read a recovered message");
+        Bytes::new()
+    })
 }
 
 fn decode_all<T>(

@@ -44,6 +44,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         tracing::info!("listening protocol=amqp addr={local}");
         let ctx = Arc::new(AmqpContext {
             flow: flow_rx.clone(),
+            watermark: config.flow.watermark(),
             broker: broker.clone(),
             users: users.clone(),
             config: ConnectionConfig {

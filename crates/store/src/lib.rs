@@ -56,6 +56,10 @@ pub struct StoreOptions {
     pub segment_size: u64,
     /// `fdatasync` each batch. `false` only for tests that do not care about power loss.
     pub sync: bool,
+    /// Read every live payload into [`RecoveredMessage::payload`] at open. With
+    /// `false` payloads are left empty and read back with [`Store::read`] by
+    /// location, so recovery needs memory for the index only.
+    pub load_payloads: bool,
 }
 
 impl Default for StoreOptions {
@@ -63,6 +67,7 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_size: 64 << 20,
             sync: true,
+            load_payloads: true,
         }
     }
 }
@@ -457,7 +462,7 @@ impl Store {
             sync_dir(dir)?;
         }
 
-        let rec = recovery::recover(&log_dir, clean)?;
+        let rec = recovery::recover(&log_dir, clean, options.load_payloads)?;
         let head = rec.last_segment + 1;
         let shared = Arc::new(Shared {
             log_dir,

@@ -37,7 +37,7 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-pub(crate) fn recover(log_dir: &Path, clean: bool) -> Result<Recovered, StoreError> {
+pub(crate) fn recover(log_dir: &Path, clean: bool, load: bool) -> Result<Recovered, StoreError> {
     let started = Instant::now();
     let mut ids = Vec::new();
     for entry in fs::read_dir(log_dir).map_err(io_err(log_dir))? {
@@ -224,7 +224,7 @@ pub(crate) fn recover(log_dir: &Path, clean: bool) -> Result<Recovered, StoreErr
         }
     }
 
-    let queues = load_payloads(log_dir, &segments, &msgs, clean)?;
+    let queues = load_payloads(log_dir, &segments, &msgs, clean, load)?;
     report.live_messages = msgs.len() as u64;
     report.next_msg_id = next_msg_id;
     report.duration = started.elapsed();
@@ -260,6 +260,7 @@ fn load_payloads(
     segments: &BTreeMap<u64, SegInfo>,
     msgs: &HashMap<u64, Entry>,
     clean: bool,
+    load: bool,
 ) -> Result<HashMap<u64, Vec<RecoveredMessage>>, StoreError> {
     let mut by_segment: BTreeMap<u64, Vec<(u64, &Entry)>> = BTreeMap::new();
     for (&id, e) in msgs {
@@ -271,7 +272,9 @@ fn load_payloads(
     for (seg, entries) in by_segment {
         let path = log_dir.join(segment_name(seg));
         let info = segments.get(&seg).cloned().unwrap_or_default();
-        let whole = if info.live_bytes * 2 >= info.size {
+        let whole = if !load {
+            Some(Bytes::new())
+        } else if info.live_bytes * 2 >= info.size {
             Some(Bytes::from(fs::read(&path).map_err(io_err(&path))?))
         } else {
             None
@@ -285,6 +288,8 @@ fn load_payloads(
             let start = e.body_off as usize;
             let end = start + e.len as usize;
             let payload = match (&whole, &file) {
+                // Not loading: the caller reads each payload back by its location.
+                (Some(_), _) if !load => Bytes::new(),
                 (Some(b), _) if end <= b.len() => b.slice(start..end),
                 (_, Some(f)) => {
                     let mut buf = vec![0u8; e.len as usize];

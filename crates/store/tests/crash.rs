@@ -26,6 +26,7 @@ fn options() -> StoreOptions {
     StoreOptions {
         segment_size: 256 << 10,
         sync: true,
+        load_payloads: true,
     }
 }
 

@@ -83,6 +83,7 @@ fn opts() -> StoreOptions {
     StoreOptions {
         segment_size: 700,
         sync: false,
+        load_payloads: true,
     }
 }
 

@@ -11,6 +11,7 @@ fn opts(segment_size: u64) -> StoreOptions {
     StoreOptions {
         segment_size,
         sync: true,
+        load_payloads: true,
     }
 }
 
@@ -468,4 +469,33 @@ fn after_close_appends_are_dropped_and_sync_is_ok() {
     let (_s, rec) = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_eq!(ids(&rec, 1), vec![1]);
     let _: HashMap<u64, Vec<_>> = rec.queues;
+}
+
+#[test]
+fn recovery_without_payloads_reads_them_back_by_location() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), opts(4 << 10)).unwrap();
+        for id in 1..=50u64 {
+            store.append_publish(id, &[7], &body(id));
+        }
+        store.close().unwrap();
+    }
+    let lazy = StoreOptions {
+        load_payloads: false,
+        ..opts(4 << 10)
+    };
+    let (store, rec) = Store::open(dir.path(), lazy).unwrap();
+    let msgs = &rec.queues[&7];
+    assert_eq!(msgs.len(), 50);
+    for m in msgs {
+        assert!(
+            m.payload.is_empty(),
+            "payload loaded although load_payloads is false"
+        );
+        assert_eq!(
+            store.read(m.location).unwrap().as_ref(),
+            body(m.msg_id).as_slice()
+        );
+    }
 }

@@ -20,6 +20,8 @@ use tributary_core::Broker;
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Queue deliveries handled per wake-up before the socket gets a turn.
 const DELIVERY_BUDGET: usize = 256;
+/// How often a connection blocked by the inline memory check looks again.
+const FLOW_RECHECK: Duration = Duration::from_millis(50);
 /// First read buffer of a connection.
 const READ_CHUNK_MIN: usize = 4096;
 /// Largest read chunk a busy connection grows to.
@@ -39,6 +41,9 @@ pub struct AmqpContext {
     pub shutdown: CancellationToken,
     /// The memory alarm: while true, publishing connections are not read from.
     pub flow: tokio::sync::watch::Receiver<bool>,
+    /// The memory high watermark, also checked on every wake-up so a fast
+    /// publisher is stopped before the next sweep raises the alarm.
+    pub watermark: usize,
 }
 
 /// Runs one connection to its end.
@@ -80,7 +85,8 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
             .into_iter()
             .chain(shutdown_deadline)
             .min();
-        let flow_blocked = *flow.borrow() && session.is_publisher();
+        let over = *flow.borrow() || ctx.broker.memory_budget().in_use() > ctx.watermark;
+        let flow_blocked = over && session.is_publisher();
         if flow_blocked != blocked_sent && conn.is_open() {
             session.notify_blocked(&mut conn, flow_blocked);
             blocked_sent = flow_blocked;
@@ -128,9 +134,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                     break;
                 }
             }
+            // Blocked on the inline check: look again shortly even if the alarm never flips.
+            _ = tokio::time::sleep(FLOW_RECHECK), if flow_blocked && !*flow.borrow() => {}
             _ = sleep_until(timeout) => {
                 if shutdown_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                     break;
+                }
+                if flow_blocked {
+                    conn.reading_paused(Instant::now());
                 }
                 conn.handle_timeout(Instant::now());
             }

@@ -34,6 +34,10 @@ fn reply_for(err: &CoreError) -> (u16, bool) {
     }
 }
 
+/// Bodies from this size up are copied out of the read buffer (smaller ones
+/// share it: a buffer holds many of them and the copy would cost more).
+const OWN_ALLOCATION_FROM: usize = 512;
+
 /// Whether the session goes on after an event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -474,15 +478,28 @@ impl Session {
         if let Some(h) = core_props.headers.as_mut() {
             h.0.retain(|(k, _)| k != "BCC");
         }
-        let message = Message::new(
-            exchange_bytes.clone(),
-            routing_key.into_bytes(),
-            core_props,
-            body,
-        );
+        // Decoded fields are slices of the socket read buffer. A large message
+        // that may wait in a queue gets its own allocations, so it never pins a
+        // read buffer twice its size; small ones share it (a buffer holds many).
+        let (exchange_bytes, routing_key, body) = if body.len() >= OWN_ALLOCATION_FROM {
+            core_props.detach();
+            (
+                Bytes::copy_from_slice(&exchange_bytes),
+                Bytes::copy_from_slice(routing_key.as_bytes()),
+                Bytes::copy_from_slice(&body),
+            )
+        } else {
+            (exchange_bytes, routing_key.into_bytes(), body)
+        };
+        let message = Message::new(exchange_bytes.clone(), routing_key, core_props, body);
+        let exchange_name = std::str::from_utf8(&exchange_bytes).unwrap_or("\u{fffd}");
+        if let Some(outcome) = vhost.hold_delayed(exchange_name, &message) {
+            // x-delayed-message: routed when the delay has passed.
+            self.confirm_publish(channel, outcome);
+            return;
+        }
         let mut routed = std::mem::take(&mut self.routed);
         routed.queues.clear();
-        let exchange_name = std::str::from_utf8(&exchange_bytes).unwrap_or("\u{fffd}");
         let mut result = vhost.route(
             exchange_name,
             &message.routing_key,
@@ -519,29 +536,35 @@ impl Session {
                 } else {
                     outcome = vhost.enqueue(&message, &routed.queues);
                 }
-                if let Some(ch) = self.channels.get_mut(&channel)
-                    && let Some(seq) = ch.confirm_seq.as_mut()
-                {
-                    *seq += 1;
-                    let seq = *seq;
-                    if outcome.on_disk
-                        && let Some(p) = self.broker.persistence()
-                    {
-                        let (tx, epoch) = (self.tx.clone(), ch.epoch);
-                        p.when_durable(Box::new(move || {
-                            let _ = tx.send(Outbound::Durable {
-                                channel,
-                                epoch,
-                                seq,
-                            });
-                        }));
-                    }
-                    ch.published(seq, outcome.on_disk, outcome.rejected);
-                }
+                self.confirm_publish(channel, outcome);
             }
         }
         routed.queues.clear();
         self.routed = routed;
+    }
+
+    /// Counts a publish in confirm mode and arranges its confirm: at once, after
+    /// the store's fsync, or as a nack when a queue refused it.
+    fn confirm_publish(&mut self, channel: u16, outcome: tributary_core::Enqueued) {
+        if let Some(ch) = self.channels.get_mut(&channel)
+            && let Some(seq) = ch.confirm_seq.as_mut()
+        {
+            *seq += 1;
+            let seq = *seq;
+            if outcome.on_disk
+                && let Some(p) = self.broker.persistence()
+            {
+                let (tx, epoch) = (self.tx.clone(), ch.epoch);
+                p.when_durable(Box::new(move || {
+                    let _ = tx.send(Outbound::Durable {
+                        channel,
+                        epoch,
+                        seq,
+                    });
+                }));
+            }
+            ch.published(seq, outcome.on_disk, outcome.rejected);
+        }
     }
 
     fn handle_method(&mut self, conn: &mut Connection, channel: u16, method: Method) {
@@ -595,6 +618,7 @@ impl Session {
             } => {
                 vhost.declare_exchange(text(&exchange), text(&kind), passive, |kind| {
                     ExchangeOptions {
+                        delayed: false,
                         kind,
                         durable,
                         auto_delete,
