@@ -634,3 +634,30 @@ test('memory watermark: connection.blocked under a flood, RSS bounded, unblocked
     await broker.stop();
   }
 });
+
+test('x-delayed-message: held for x-delay, then routed by x-delayed-type, earliest first', async (t) => {
+  if (h.isExternal) {
+    t.skip('the delayed-message plugin is not part of Debian\'s RabbitMQ');
+    return;
+  }
+  const n = names(t);
+  const conn = await ctx.broker.connect();
+  t.after(() => conn.close().catch(() => {}));
+  const ch = await conn.createConfirmChannel();
+  const x = n('delayed');
+  const q = n('later');
+  await ch.assertExchange(x, 'x-delayed-message', { durable: false, arguments: { 'x-delayed-type': 'topic' } });
+  await ch.assertQueue(q, { durable: false });
+  await ch.bindQueue(q, x, 'a.*');
+  const started = Date.now();
+  ch.publish(x, 'a.b', Buffer.from('slow'), { headers: { 'x-delay': 800 } });
+  ch.publish(x, 'a.b', Buffer.from('fast'), { headers: { 'x-delay': 300 } });
+  ch.publish(x, 'a.b', Buffer.from('now'));
+  await ch.waitForConfirms();
+  assert.equal((await getOne(ch, q, { noAck: true })).content.toString(), 'now');
+  assert.equal(await count(conn, q), 0, 'a delayed message was routed before its delay');
+  assert.equal((await getOne(ch, q, { noAck: true })).content.toString(), 'fast');
+  const slow = await getOne(ch, q, { noAck: true });
+  assert.equal(slow.content.toString(), 'slow');
+  assert.ok(Date.now() - started >= 800, 'fired before its delay');
+});
