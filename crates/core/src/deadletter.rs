@@ -71,7 +71,11 @@ pub fn dead_lettered(
                 Value::Table(t) => t,
                 _ => Table::default(),
             };
-            let count = t.get("count").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let count = t
+                .get("count")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .saturating_add(1);
             t.insert("count", Value::I64(count));
             t.insert("time", Value::Timestamp(now_secs));
             Value::Table(t)
@@ -183,5 +187,22 @@ mod tests {
         assert!(!is_cycle(&twice, "q3"));
         let rejected = dead_lettered(&twice, "q3", Reason::Rejected, 13);
         assert!(!is_cycle(&rejected, "q1"));
+    }
+
+    #[test]
+    fn a_forged_huge_count_saturates() {
+        let mut m = msg();
+        let mut entry = Table::default();
+        entry.insert("queue", text("q"));
+        entry.insert("reason", text("rejected"));
+        entry.insert("count", Value::I64(i64::MAX));
+        let mut h = Table::default();
+        h.insert("x-death", Value::Array(vec![Value::Table(entry)]));
+        m.properties.headers = Some(h);
+        let out = dead_lettered(&m, "q", Reason::Rejected, 1);
+        let Value::Table(t) = &deaths(&out)[0] else {
+            panic!()
+        };
+        assert_eq!(t.get("count").and_then(Value::as_i64), Some(i64::MAX));
     }
 }

@@ -372,7 +372,7 @@ impl Queue {
     fn handed_out(&self, stored: Option<Stored>, redelivered: bool, no_ack: bool) {
         if let (Some(d), Some(s)) = (&self.durability, stored) {
             if no_ack {
-                d.persistence.ack(s.queue, s.msg_id);
+                // Settled by `delivered_no_ack` once the delivery is really written.
             } else if !redelivered && Some(s.queue) == d.durable_id {
                 d.persistence.delivered(s.queue, s.msg_id);
             }
@@ -559,6 +559,7 @@ impl Queue {
     pub fn publish(self: &Arc<Self>, message: Arc<Message>, stored: Option<Stored>) -> Accepted {
         let mut st = self.state.lock();
         if st.deleted {
+            self.forget(stored);
             return Accepted::Yes;
         }
         if self.refuses(&st, message.size()) {
@@ -571,6 +572,22 @@ impl Queue {
             self.unlock_and_flush(st);
             return Accepted::Rejected;
         }
+        // A persistent message a durable queue accepts must be in the store even
+        // if the caller skipped this queue (it looked full when checked).
+        let stored = match (stored, &self.durability) {
+            (None, Some(d)) if message.properties.is_persistent() && d.durable_id.is_some() => {
+                let queue = d.durable_id.unwrap_or(d.scratch_id);
+                let msg_id = d.persistence.next_msg_id();
+                d.persistence
+                    .publish(msg_id, &[queue], &message)
+                    .map(|at| Stored {
+                        queue,
+                        msg_id,
+                        at: Some(at),
+                    })
+            }
+            (s, _) => s,
+        };
         let now = now_ms();
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -713,6 +730,10 @@ impl Queue {
         let entry = self.pop(&mut st, now_ms());
         if let Some(e) = &entry {
             self.handed_out(e.stored, e.redelivered, no_ack);
+            if no_ack {
+                // basic.get-ok is written right away: the message is gone.
+                self.forget(e.stored);
+            }
             if !no_ack {
                 st.unacked += 1;
             }
@@ -720,6 +741,36 @@ impl Queue {
         let left = st.ready.len();
         self.unlock_and_flush(st);
         entry.map(|e| (e, left))
+    }
+
+    /// A no-ack delivery was written to its consumer: drop the store's copy.
+    pub fn delivered_no_ack(&self, entry: &Entry) {
+        self.forget(entry.stored);
+    }
+
+    /// Takes back deliveries that never reached their consumer (cancelled or
+    /// gone before they were written): they return to their place unchanged,
+    /// not flagged redelivered and not counted against a delivery limit.
+    /// `counted` says whether they were counted as unacked.
+    pub fn return_undelivered(self: &Arc<Self>, entries: Vec<Entry>, counted: bool) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        if counted {
+            st.unacked = st.unacked.saturating_sub(entries.len());
+        }
+        if st.deleted {
+            for e in &entries {
+                self.forget(e.stored);
+            }
+            return;
+        }
+        for entry in entries {
+            self.put_back(&mut st, entry);
+        }
+        self.dispatch_locked(&mut st, now_ms());
+        self.unlock_and_flush(st);
     }
 
     /// Settles a delivery as acknowledged: it leaves the queue for good.
@@ -868,9 +919,14 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        let at = st
-            .consumers
-            .partition_point(|c| c.options.priority >= options.priority);
+        // With a single active consumer the active one stays first (registration
+        // order, as RabbitMQ's classic queues do); otherwise highest priority first.
+        let at = if self.args.single_active_consumer {
+            st.consumers.len()
+        } else {
+            st.consumers
+                .partition_point(|c| c.options.priority >= options.priority)
+        };
         st.consumers.insert(
             at,
             Consumer {
@@ -1164,5 +1220,49 @@ mod tests {
         q.mark_deleted();
         assert_eq!(s.cancelled.load(Ordering::SeqCst), 1);
         assert!(q.is_deleted());
+    }
+
+    #[test]
+    fn single_active_consumer_keeps_the_first_even_against_a_higher_priority() {
+        let args = QueueArgs {
+            single_active_consumer: true,
+            ..Default::default()
+        };
+        let q = Queue::new(
+            "/".into(),
+            "sac".into(),
+            QueueOptions::default(),
+            args,
+            None,
+            None,
+            Weak::new(),
+        );
+        let (a, b) = (sink(10), sink(10));
+        q.add_consumer("a".into(), 1, 1, ConsumerOptions::default(), a.clone())
+            .unwrap();
+        let high = ConsumerOptions {
+            priority: 10,
+            ..Default::default()
+        };
+        q.add_consumer("b".into(), 1, 1, high, b.clone()).unwrap();
+        for _ in 0..3 {
+            q.publish(msg("x"), None);
+        }
+        assert_eq!((a.got.lock().len(), b.got.lock().len()), (3, 0));
+        q.remove_consumer(1, 1, "a");
+        q.publish(msg("y"), None);
+        assert_eq!(b.got.lock().len(), 1, "the next consumer takes over");
+    }
+
+    #[test]
+    fn undelivered_entries_return_unchanged() {
+        let q = queue();
+        q.publish(msg("1"), None);
+        let (e, _) = q.get(false).unwrap();
+        q.return_undelivered(vec![e], true);
+        let (again, _) = q.get(true).unwrap();
+        assert!(!again.redelivered);
+        assert_eq!(again.delivery_count, 0);
+        assert_eq!(q.stats().unacked, 0);
     }
 }

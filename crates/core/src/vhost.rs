@@ -431,8 +431,9 @@ impl VHost {
         if name.starts_with("amq.") {
             return Err(reserved("exchange", name));
         }
-        let mut exchanges = self.exchanges.write();
-        let Some(exchange) = exchanges.get(name).cloned() else {
+        // Check if-unused before taking the map's write lock (bindings are
+        // never locked while the map is held for writing).
+        let Some(exchange) = self.exchanges.read().get(name).cloned() else {
             return Ok(());
         };
         if if_unused && exchange.has_bindings() {
@@ -441,8 +442,15 @@ impl VHost {
                 self.name
             )));
         }
-        exchanges.remove(name);
-        drop(exchanges);
+        {
+            let mut exchanges = self.exchanges.write();
+            match exchanges.get(name) {
+                Some(x) if Arc::ptr_eq(x, &exchange) => {
+                    exchanges.remove(name);
+                }
+                _ => return Ok(()),
+            }
+        }
         self.unpersist_exchange(&exchange);
         let own: Vec<Binding> = exchange.bindings();
         for b in &own {
@@ -788,20 +796,25 @@ impl VHost {
                     continue;
                 }
                 visited.push(x.name().into());
+                // Exchange destinations are looked up only after the bindings
+                // guard is released: never hold a bindings lock while taking the
+                // exchange map's (delete_exchange takes them the other way round).
+                let mut next_names: Vec<Arc<str>> = Vec::new();
                 x.route(routing_key, properties, |d| match d {
                     Destination::Queue(q) => {
                         if !routed.queues.iter().any(|r| Arc::ptr_eq(r, q)) {
                             routed.queues.push(q.clone());
                         }
                     }
-                    Destination::Exchange(name) => {
-                        if !visited.iter().any(|v| v == name)
-                            && let Some(next) = self.exchanges.read().get(name)
-                        {
-                            pending.push(next.clone());
-                        }
-                    }
+                    Destination::Exchange(name) => next_names.push(name.clone()),
                 });
+                for name in next_names {
+                    if !visited.contains(&name)
+                        && let Some(next) = self.exchanges.read().get(&name)
+                    {
+                        pending.push(next.clone());
+                    }
+                }
             }
             if routed.queues.is_empty()
                 && let Some(ae) = x
@@ -914,7 +927,7 @@ impl VHost {
             return None;
         }
         let x = self.exchanges.read().get(exchange).cloned()?;
-        if !x.options().delayed {
+        if !x.options().delayed || x.options().internal {
             return None;
         }
         let delay = requested_delay(message)?;

@@ -113,7 +113,26 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
         .with_context(|| format!("cannot open the message store in {}", dir.display()))?;
     report(&recovery);
     let queue_defs: Vec<QueueDef> = decode_all(&store, QUEUES, QueueDef::decode)?;
-    let next_queue_id = queue_defs.iter().map(|q| q.id).max().unwrap_or(0) + 1;
+    // Above every id in use: queue definitions, delayed-message ids and
+    // whatever the log still holds (scratch ids are dropped below).
+    let delayed_ids: Vec<u64> = store
+        .meta_list(DELAYED)
+        .context("cannot read stored delayed ids")?
+        .iter()
+        .filter_map(|(_, v)| {
+            <[u8; 8]>::try_from(v.as_slice())
+                .ok()
+                .map(u64::from_le_bytes)
+        })
+        .collect();
+    let next_queue_id = queue_defs
+        .iter()
+        .map(|q| q.id)
+        .chain(delayed_ids.iter().copied())
+        .chain(recovery.queues.keys().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
     let persistence = Arc::new(StorePersistence {
         store: store.clone(),
         next_queue_id: AtomicU64::new(next_queue_id),

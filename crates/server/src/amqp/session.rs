@@ -345,10 +345,13 @@ impl Session {
                         .and_then(|ch| ch.consumers.get(&consumer.tag))
                         .is_some_and(|c| Arc::ptr_eq(&c.consumer, &consumer));
                 if !live || !conn.is_open() {
+                    // Never written: back to its place, not flagged redelivered.
                     if !consumer.no_ack {
                         consumer.release();
-                        delivery.queue.requeue(vec![delivery.entry]);
                     }
+                    delivery
+                        .queue
+                        .return_undelivered(vec![delivery.entry], !consumer.no_ack);
                     return;
                 }
                 let Some(ch) = self.channels.get_mut(&consumer.channel) else {
@@ -369,7 +372,9 @@ impl Session {
                     &props::to_wire(&m.properties),
                     &m.body,
                 );
-                if !consumer.no_ack {
+                if consumer.no_ack {
+                    delivery.queue.delivered_no_ack(&delivery.entry);
+                } else {
                     ch.unacked.push_back(Unacked {
                         tag,
                         queue: delivery.queue,
@@ -1060,14 +1065,6 @@ impl Session {
                 consumer: consumer.clone(),
             },
         );
-        if !nowait {
-            conn.send_method(
-                channel,
-                &Method::BasicConsumeOk {
-                    consumer_tag: ShortStr::from(&*tag),
-                },
-            );
-        }
         if let Err(e) = q.add_consumer(
             tag.clone(),
             self.id,
@@ -1083,6 +1080,16 @@ impl Session {
                 ch.consumers.remove(&tag);
             }
             return Err(e);
+        }
+        // consume-ok only once attached; deliveries wait in the connection's
+        // outbound channel and are written after it.
+        if !nowait {
+            conn.send_method(
+                channel,
+                &Method::BasicConsumeOk {
+                    consumer_tag: ShortStr::from(&*tag),
+                },
+            );
         }
         Ok(())
     }
