@@ -177,9 +177,9 @@ fn golden_paho_v31_connect() {
     assert_eq!(c.client_id, "paho-test");
     assert_eq!(enc(&p, ProtocolVersion::V3_1), bytes);
     assert_eq!(peek_connect_version(&bytes), Some(ProtocolVersion::V3_1));
-    assert_eq!(peek_connect_version(&bytes[..8]), None);
+    assert_eq!(peek_connect_version(&bytes[..10]), None);
     assert_eq!(
-        peek_connect_version(&bytes[..9]),
+        peek_connect_version(&bytes[..11]),
         Some(ProtocolVersion::V3_1)
     );
 }
@@ -211,7 +211,7 @@ fn golden_connect_v5_with_will_and_credentials() {
             ..Default::default()
         },
     };
-    let expected = hex("10 26 0004 4d515454 05 ec 000a \
+    let expected = hex("10 28 0004 4d515454 05 ec 000a \
          08 11 00000e10 21 0014 \
          0001 63 \
          05 18 00000005 0001 77 0001 78 \
@@ -233,7 +233,7 @@ fn golden_connack() {
             ..Default::default()
         },
     });
-    let bytes = hex("20 0b 01 00 08 12 0002 6964 24 01 25 00");
+    let bytes = hex("20 0c 01 00 09 12 0002 6964 24 01 25 00");
     assert_eq!(enc(&v5, ProtocolVersion::V5), bytes);
     assert_eq!(decode_one(V5, &bytes).unwrap(), v5);
 
@@ -967,7 +967,7 @@ fn rejects_bad_acks_and_lengths() {
     );
     refused(
         V5,
-        &pkt(0xf0, &hex("18 03 160001")),
+        &pkt(0xf0, &hex("18 04 16 0001 41")),
         DecodeError::AuthDataWithoutMethod,
         RC::PROTOCOL_ERROR,
     );

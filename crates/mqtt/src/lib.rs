@@ -8,6 +8,26 @@
 //! ([`DecodeError::reason_code`]) and, where MQTT 3.x defines one, the CONNACK return code
 //! ([`DecodeError::connack_v3`]). [`topic`] validates topic names and filters and maps them onto
 //! AMQP topic-exchange routing keys. Nothing here does IO or reads a clock.
+//!
+//! ## Choices where the specifications leave room
+//!
+//! - `max_packet_size` bounds the whole packet, fixed header included (MQTT 5's Maximum Packet
+//!   Size definition), and is checked as soon as the Remaining Length is in, so a 256 MiB prefix
+//!   costs five octets, not an allocation.
+//! - Non-minimal Variable Byte Integers are accepted (the 3.1.1 text and Mosquitto allow them);
+//!   a fifth length octet is a Malformed Packet. The encoder always writes the minimal form.
+//! - DUP on a QoS 0 PUBLISH is refused in MQTT 5 only; MQTT 3.1 may set DUP on PUBREL,
+//!   SUBSCRIBE and UNSUBSCRIBE retransmissions (its spec did). A Mosquitto bridge's protocol
+//!   level (0x83/0x84, "try private") is refused as an unsupported level.
+//! - Reason codes are checked against the spec's table for the packet type: an unknown one is a
+//!   Protocol Error (as Mosquitto). An invalid topic filter closes with 0x8F Topic Filter
+//!   invalid, a wildcard in a PUBLISH or will topic with 0x90 Topic Name invalid.
+//! - `$share/{group}/{filter}` is parsed and validated in every version (EMQX and Mosquitto
+//!   accept shared subscriptions from 3.1.1 clients too).
+//! - A Payload Format Indicator of 1 is checked against the payload as plain UTF-8 (0x99).
+//! - The encoder writes properties in ascending identifier order, User Properties last, and
+//!   omits what MQTT 5 lets it omit (a Success reason with no properties in acknowledgements,
+//!   DISCONNECT and AUTH); it drops MQTT 5-only fields for 3.x.
 #![warn(missing_docs)]
 
 mod codec;
