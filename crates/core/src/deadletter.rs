@@ -103,12 +103,7 @@ pub fn dead_lettered(
     }
     properties.headers = Some(headers);
     properties.expiration = None;
-    Arc::new(Message {
-        exchange: message.exchange.clone(),
-        routing_key: message.routing_key.clone(),
-        properties,
-        body: message.body.clone(),
-    })
+    message.with_properties(properties)
 }
 
 /// RabbitMQ's cycle rule: dead-lettering into `target` is a cycle to drop

@@ -101,12 +101,7 @@ pub fn with_fire_at(message: &Message, fire_at: Option<u64>) -> Arc<Message> {
             }
         }
     }
-    Arc::new(Message {
-        exchange: message.exchange.clone(),
-        routing_key: message.routing_key.clone(),
-        properties,
-        body: message.body.clone(),
-    })
+    message.with_properties(properties)
 }
 
 #[cfg(test)]

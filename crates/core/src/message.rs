@@ -264,6 +264,27 @@ impl Message {
         })
     }
 
+    /// The same body under other metadata: what dead-lettering, delay
+    /// bookkeeping and per-delivery headers need (the body is shared, not copied).
+    pub fn with_properties(&self, properties: Properties) -> Arc<Self> {
+        self.rerouted(self.exchange.clone(), self.routing_key.clone(), properties)
+    }
+
+    /// The same body under another exchange, routing key and metadata.
+    pub fn rerouted(
+        &self,
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Properties,
+    ) -> Arc<Self> {
+        Arc::new(Message {
+            exchange,
+            routing_key,
+            properties,
+            body: self.body.clone(),
+        })
+    }
+
     /// Body size in bytes.
     pub fn size(&self) -> usize {
         self.body.len()

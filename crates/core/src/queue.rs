@@ -1021,12 +1021,7 @@ fn with_header(message: &Message, key: &str, value: Value) -> Arc<Message> {
         .headers
         .get_or_insert_with(Table::default)
         .insert(key, value);
-    Arc::new(Message {
-        exchange: message.exchange.clone(),
-        routing_key: message.routing_key.clone(),
-        properties,
-        body: message.body.clone(),
-    })
+    message.with_properties(properties)
 }
 
 #[cfg(test)]

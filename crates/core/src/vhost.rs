@@ -889,12 +889,11 @@ impl VHost {
     ) {
         let dead = dead_lettered(message, queue, reason, now_ms / 1000);
         let dead = match routing_key {
-            Some(k) => Arc::new(Message {
-                exchange: dead.exchange.clone(),
-                routing_key: bytes::Bytes::copy_from_slice(k.as_bytes()),
-                properties: dead.properties.clone(),
-                body: dead.body.clone(),
-            }),
+            Some(k) => dead.rerouted(
+                dead.exchange.clone(),
+                bytes::Bytes::copy_from_slice(k.as_bytes()),
+                dead.properties.clone(),
+            ),
             None => dead,
         };
         let mut routed = Routed::default();
@@ -911,12 +910,11 @@ impl VHost {
             }
         }
         routed.queues.retain(|q| !is_cycle(&dead, q.name()));
-        let dead = Arc::new(Message {
-            exchange: bytes::Bytes::copy_from_slice(dlx.as_bytes()),
-            routing_key: dead.routing_key.clone(),
-            properties: dead.properties.clone(),
-            body: dead.body.clone(),
-        });
+        let dead = dead.rerouted(
+            bytes::Bytes::copy_from_slice(dlx.as_bytes()),
+            dead.routing_key.clone(),
+            dead.properties.clone(),
+        );
         self.enqueue(&dead, &routed.queues);
     }
 

@@ -44,11 +44,7 @@ impl Persistence for StorePersistence {
     fn publish(&self, msg_id: u64, queues: &[u64], message: &Message) -> Option<StoredAt> {
         let payload = encode_message(message);
         match self.store.try_append_publish(msg_id, queues, &payload) {
-            Ok(l) => Some(StoredAt {
-                segment: l.segment,
-                offset: l.offset,
-                len: l.len,
-            }),
+            Ok(l) => Some(to_core(l)),
             Err(e) => {
                 tracing::error!(error = %e, msg_id, "cannot persist a message");
                 None
@@ -155,15 +151,7 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
         restored += messages.len();
         queue.restore(messages.into_iter().filter_map(|m| match decode_message(read_payload(&store, &m)) {
             Ok(message) => {
-                let stored = Stored {
-                    queue: id,
-                    msg_id: m.msg_id,
-                    at: Some(StoredAt {
-                        segment: m.location.segment,
-                        offset: m.location.offset,
-                        len: m.location.len,
-                    }),
-                };
+                let stored = stored_copy(id, &m);
                 Some((Arc::new(message), stored, m.delivered))
             }
             Err(e) => {
@@ -192,15 +180,7 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
         let messages = held
             .into_iter()
             .filter_map(|m| {
-                let stored = Stored {
-                    queue: id,
-                    msg_id: m.msg_id,
-                    at: Some(StoredAt {
-                        segment: m.location.segment,
-                        offset: m.location.offset,
-                        len: m.location.len,
-                    }),
-                };
+                let stored = stored_copy(id, &m);
                 decode_message(read_payload(&store, &m))
                     .ok()
                     .map(|msg| (Arc::new(msg), stored))
@@ -214,6 +194,23 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
     }
     tracing::info!(messages = restored, "recovered durable state");
     Ok((broker, store))
+}
+
+/// Where a recovered message lives, in the core's terms.
+fn stored_copy(queue: u64, m: &tributary_store::RecoveredMessage) -> Stored {
+    Stored {
+        queue,
+        msg_id: m.msg_id,
+        at: Some(to_core(m.location)),
+    }
+}
+
+fn to_core(l: Location) -> StoredAt {
+    StoredAt {
+        segment: l.segment,
+        offset: l.offset,
+        len: l.len,
+    }
 }
 
 /// A recovered message's payload, read back from the log by its location.
