@@ -78,12 +78,16 @@ impl Default for StoreConfig {
 pub struct Listeners {
     /// AMQP 0-9-1 over TCP (RabbitMQ's default: 5672). Empty string disables it.
     pub amqp: String,
+    /// MQTT over TCP (early: clean sessions only, see docs/mqtt.md), e.g.
+    /// "127.0.0.1:1883". Off (empty) until MQTT support is complete.
+    pub mqtt: String,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
         Listeners {
             amqp: "127.0.0.1:5672".into(),
+            mqtt: String::new(),
         }
     }
 }
@@ -217,6 +221,15 @@ impl Config {
                 ),
             ));
         }
+        if !self.listeners.mqtt.is_empty() && self.listeners.mqtt.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "listeners.mqtt",
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:1883",
+                    self.listeners.mqtt
+                ),
+            ));
+        }
         if self.amqp.frame_max < 4096 {
             return Err(bad(
                 "amqp.frame_max",
@@ -236,6 +249,11 @@ impl Config {
             return Err(bad("log.level", e.to_string()));
         }
         Ok(())
+    }
+
+    /// The MQTT listener address, if enabled.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.listeners.mqtt.parse().ok()
     }
 
     /// The AMQP listener address, if enabled.

@@ -2,6 +2,7 @@
 
 mod amqp;
 mod config;
+mod mqtt;
 mod persistence;
 mod serve;
 mod users;

@@ -65,6 +65,38 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
+    if let Some(addr) = config.mqtt_addr() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for MQTT on {addr} (listeners.mqtt)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening protocol=mqtt addr={local}");
+        let ctx = Arc::new(crate::mqtt::driver::MqttContext {
+            broker: broker.clone(),
+            users: users.clone(),
+            registry: crate::mqtt::Registry::default(),
+            retained: Default::default(),
+            shutdown: shutdown.clone(),
+        });
+        let (t, s) = (tracker.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok((stream, peer)) => {
+                            t.spawn(crate::mqtt::driver::run(stream, peer, ctx.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     tracker.spawn(sweep(
         broker.clone(),
         flow_tx,

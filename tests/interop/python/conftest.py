@@ -146,6 +146,7 @@ class TributaryBroker(Broker):
         self._reader: threading.Thread | None = None
         self.stopped_by_test = False
         self.extra_config = ""  # TOML appended to the default config (set before start)
+        self.config_text: str | None = None  # or a whole config of its own (set before start)
 
     # -- process -----------------------------------------------------------------
     def start(self):
@@ -166,7 +167,7 @@ class TributaryBroker(Broker):
                 pytrace=False,
             )
         self.data_dir.mkdir(parents=True)
-        self.config_path.write_text(CONFIG + self.extra_config)
+        self.config_path.write_text(self.config_text or (CONFIG + self.extra_config))
         env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
         env.pop("RUST_LOG", None)
         self.proc = subprocess.Popen(

@@ -1,0 +1,200 @@
+//! The IO driver of one MQTT connection: decodes packets with the sans-IO
+//! codec, runs the session, writes replies and deliveries once per wake-up,
+//! and enforces the CONNECT timeout and keep alive (1.5× the interval).
+
+use super::Registry;
+use super::session::{End, Outbound, Session};
+use crate::users::UserDb;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tributary_core::{Broker, Message};
+use tributary_mqtt::{
+    Disconnect, Packet, ProtocolVersion, ReasonCode, decode, encode, peek_connect_version,
+};
+
+/// Time a client has to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest packet accepted (MQTT 5 Maximum Packet Size; refused before allocation).
+pub const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
+
+/// Everything an MQTT connection needs from the broker.
+pub struct MqttContext {
+    /// The core.
+    pub broker: Arc<Broker>,
+    /// Accounts.
+    pub users: Arc<UserDb>,
+    /// Client ids in use, for takeover.
+    pub registry: Registry,
+    /// Retained messages by topic (in memory for now).
+    pub retained: Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+}
+
+fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion) {
+    for p in packets.drain(..) {
+        if let Err(e) = encode(&p, version, out) {
+            tracing::warn!(error = %e, "cannot encode an MQTT packet");
+        }
+    }
+}
+
+/// Runs one connection to its end.
+pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
+    let mut session = Session::new(
+        ctx.broker.clone(),
+        ctx.users.clone(),
+        ctx.retained.clone(),
+        peer,
+        tx,
+    );
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut outbuf = BytesMut::new();
+    let mut packets = Vec::new();
+    let mut taken_over: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    let mut deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let mut publish_will = false;
+
+    'conn: loop {
+        // Decode everything buffered.
+        loop {
+            let version = session.version;
+            match decode(&mut inbuf, version, MAX_PACKET_SIZE) {
+                Ok(None) => break,
+                Ok(Some(Packet::Connect(c))) => {
+                    let v = c.protocol_version;
+                    let (ack, ok) = session.connect(c);
+                    packets.push(ack);
+                    write(&mut outbuf, &mut packets, v);
+                    if !ok {
+                        break 'conn;
+                    }
+                    taken_over = Some(ctx.registry.claim(&session.client_id, session.id));
+                    publish_will = true;
+                }
+                Ok(Some(packet)) => {
+                    let Some(v) = version else { break 'conn };
+                    let end = session.handle(packet, &mut packets);
+                    write(&mut outbuf, &mut packets, v);
+                    if let End::Close { packet, will } = end {
+                        if let Some(p) = packet {
+                            packets.push(*p);
+                            write(&mut outbuf, &mut packets, v);
+                        }
+                        publish_will = will;
+                        break 'conn;
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(peer = %peer, error = %e, "MQTT protocol error");
+                    match session.version {
+                        Some(v) if v.is_v5() => {
+                            packets.push(Packet::Disconnect(Disconnect {
+                                reason_code: e.reason_code(),
+                                ..Default::default()
+                            }));
+                            write(&mut outbuf, &mut packets, v);
+                        }
+                        Some(_) => {}
+                        None => {
+                            // A refused CONNECT is answered in the client's own version when known.
+                            if let Some(v) = peek_connect_version(&inbuf) {
+                                let code = if v.is_v5() {
+                                    Some(e.reason_code())
+                                } else {
+                                    e.connack_v3().map(|_| e.reason_code())
+                                };
+                                if let Some(code) = code {
+                                    packets.push(Packet::ConnAck(tributary_mqtt::ConnAck {
+                                        reason_code: code,
+                                        ..Default::default()
+                                    }));
+                                    write(&mut outbuf, &mut packets, v);
+                                }
+                            }
+                        }
+                    }
+                    break 'conn;
+                }
+            }
+            if session.keep_alive > 0 {
+                deadline = tokio::time::Instant::now()
+                    + Duration::from_millis(u64::from(session.keep_alive) * 1500);
+            } else if session.version.is_some() {
+                deadline = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => {
+                if let Some(v) = session.version.filter(|v| v.is_v5()) {
+                    packets.push(Packet::Disconnect(Disconnect { reason_code: ReasonCode::SERVER_SHUTTING_DOWN, ..Default::default() }));
+                    write(&mut outbuf, &mut packets, v);
+                }
+                publish_will = false;
+                break 'conn;
+            }
+            _ = async { match taken_over.as_mut() { Some(rx) => { let _ = rx.await; } None => std::future::pending().await } } => {
+                if let Some(v) = session.version.filter(|v| v.is_v5()) {
+                    packets.push(Packet::Disconnect(Disconnect { reason_code: ReasonCode::SESSION_TAKEN_OVER, ..Default::default() }));
+                    write(&mut outbuf, &mut packets, v);
+                }
+                publish_will = true;
+                break 'conn;
+            }
+            r = wr.write_buf(&mut outbuf), if !outbuf.is_empty() => {
+                if r.is_err() { break 'conn; }
+            }
+            r = rd.read_buf(&mut inbuf), if outbuf.len() < 4 * 1024 * 1024 => {
+                match r {
+                    Ok(0) | Err(_) => break 'conn,
+                    Ok(_) => {}
+                }
+            }
+            Some(Outbound::Deliver(d)) = rx.recv() => {
+                if let Some(v) = session.version {
+                    session.deliver(d, &mut packets);
+                    while let Ok(Outbound::Deliver(d)) = rx.try_recv() {
+                        session.deliver(d, &mut packets);
+                        if packets.len() >= 256 { break; }
+                    }
+                    write(&mut outbuf, &mut packets, v);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::info!(peer = %peer, client_id = %session.client_id, "MQTT keep alive (or CONNECT) timeout");
+                if let Some(v) = session.version.filter(|v| v.is_v5()) {
+                    packets.push(Packet::Disconnect(Disconnect { reason_code: ReasonCode::KEEP_ALIVE_TIMEOUT, ..Default::default() }));
+                    write(&mut outbuf, &mut packets, v);
+                }
+                break 'conn;
+            }
+        }
+    }
+    if publish_will {
+        session.publish_will();
+    }
+    session.close();
+    if !session.client_id.is_empty() {
+        ctx.registry.release(&session.client_id, session.id);
+    }
+    if !outbuf.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&outbuf)).await;
+    }
+    let _ = wr.shutdown().await;
+    rx.close();
+    while let Ok(Outbound::Deliver(d)) = rx.try_recv() {
+        d.queue.return_undelivered(vec![d.entry], true);
+    }
+    tracing::info!(peer = %peer, client_id = %session.client_id, "MQTT connection closed");
+}

@@ -1,0 +1,41 @@
+//! MQTT at the edge (early: clean sessions only). An MQTT client's
+//! subscriptions are one queue bound to `amq.topic` (topic `a/b` as routing
+//! key `a.b`, `+` as `*`, `#` as `#`), as RabbitMQ's MQTT plugin does, so
+//! MQTT and AMQP share one routing core. See docs/mqtt.md for what works.
+
+pub mod driver;
+mod session;
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use tokio::sync::oneshot;
+
+/// Live MQTT connections by client id, for session takeover: a second
+/// connection with the same id disconnects the first (MQTT 5 reason 0x8E).
+#[derive(Default)]
+pub struct Registry {
+    clients: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+}
+
+impl Registry {
+    /// Registers `conn` under `client_id`, telling a previous holder to go.
+    pub fn claim(&self, client_id: &str, conn: u64) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if let Some((_, old)) = self
+            .clients
+            .lock()
+            .insert(client_id.to_string(), (conn, tx))
+        {
+            let _ = old.send(());
+        }
+        rx
+    }
+
+    /// Removes `conn`'s registration if it still holds `client_id`.
+    pub fn release(&self, client_id: &str, conn: u64) {
+        let mut clients = self.clients.lock();
+        if clients.get(client_id).is_some_and(|(c, _)| *c == conn) {
+            clients.remove(client_id);
+        }
+    }
+}

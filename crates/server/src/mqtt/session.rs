@@ -1,0 +1,569 @@
+//! One MQTT connection's broker-side logic over the core: CONNECT, PUBLISH in
+//! (QoS 0, 1, 2), SUBSCRIBE/UNSUBSCRIBE as bindings of the client's queue on
+//! `amq.topic`, deliveries out (QoS 0 and 1, 2), wills, retained messages.
+
+use crate::users::UserDb;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use tokio::sync::mpsc::UnboundedSender;
+use tributary_core::{
+    Broker, ConsumerOptions, ConsumerSink, Delivery, Entry, Message, Properties, Queue,
+    QueueOptions, Table, VHost, Value,
+};
+use tributary_mqtt::topic::{
+    filter_to_routing_key, routing_key_to_topic, topic_to_routing_key, validate_topic_filter,
+};
+use tributary_mqtt::{
+    ConnAck, Connect, Packet, ProtocolVersion, PubAck as PubAckLike, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+
+/// The exchange MQTT topics live on.
+pub const TOPIC_EXCHANGE: &str = "amq.topic";
+/// Header carrying the QoS a message was published with over MQTT.
+const QOS_HEADER: &str = "x-mqtt-publish-qos";
+/// Deliveries in flight to one client before the queue waits (Receive Maximum).
+const INFLIGHT: u32 = 64;
+
+/// What a queue sends to an MQTT connection task.
+pub enum Outbound {
+    /// A message for the client.
+    Deliver(Delivery),
+}
+
+/// The MQTT side of the client's queue consumer.
+pub struct Sink {
+    tx: UnboundedSender<Outbound>,
+    inflight: Arc<AtomicU32>,
+    live: AtomicBool,
+}
+
+impl ConsumerSink for Sink {
+    fn try_reserve(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+            && self
+                .inflight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < INFLIGHT).then_some(n + 1)
+                })
+                .is_ok()
+    }
+
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        self.tx.send(Outbound::Deliver(delivery)).map_err(|e| {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            let Outbound::Deliver(d) = e.0;
+            d
+        })
+    }
+
+    fn cancelled(&self) {
+        self.live.store(false, Ordering::Release);
+    }
+
+    fn unreserve(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why the connection ends.
+pub enum End {
+    /// Keep going.
+    No,
+    /// Close; send this packet first if any; publish the will unless it was a clean DISCONNECT.
+    Close {
+        packet: Option<Box<Packet>>,
+        will: bool,
+    },
+}
+
+/// Broker-side state of one MQTT connection.
+pub struct Session {
+    pub(super) id: u64,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    users: Arc<UserDb>,
+    pub(super) version: Option<ProtocolVersion>,
+    pub(super) client_id: String,
+    pub(super) keep_alive: u16,
+    will: Option<tributary_mqtt::Will>,
+    queue: Option<Arc<Queue>>,
+    sink: Option<Arc<Sink>>,
+    inflight: Arc<AtomicU32>,
+    filters: HashMap<String, QoS>,
+    next_packet_id: u16,
+    outgoing: HashMap<u16, (Arc<Queue>, Entry)>,
+    incoming_qos2: HashSet<u16>,
+    retained: Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>,
+    tx: UnboundedSender<Outbound>,
+}
+
+fn vhost(broker: &Broker) -> Arc<VHost> {
+    broker.default_vhost().clone()
+}
+
+impl Session {
+    /// A session for a new socket.
+    pub fn new(
+        broker: Arc<Broker>,
+        users: Arc<UserDb>,
+        retained: Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>,
+        peer: SocketAddr,
+        tx: UnboundedSender<Outbound>,
+    ) -> Self {
+        Session {
+            id: broker.next_connection_id(),
+            peer,
+            broker,
+            users,
+            version: None,
+            client_id: String::new(),
+            keep_alive: 0,
+            will: None,
+            queue: None,
+            sink: None,
+            inflight: Arc::new(AtomicU32::new(0)),
+            filters: HashMap::new(),
+            next_packet_id: 0,
+            outgoing: HashMap::new(),
+            incoming_qos2: HashSet::new(),
+            retained,
+            tx,
+        }
+    }
+
+    fn v5(&self) -> bool {
+        self.version.is_some_and(ProtocolVersion::is_v5)
+    }
+
+    fn connack(
+        &self,
+        version: ProtocolVersion,
+        code: ReasonCode,
+        assigned: Option<String>,
+    ) -> Packet {
+        let mut ack = ConnAck {
+            session_present: false,
+            reason_code: code,
+            ..Default::default()
+        };
+        if version.is_v5() {
+            let p = &mut ack.properties;
+            p.assigned_client_identifier = assigned;
+            p.receive_maximum = Some(INFLIGHT as u16);
+            p.maximum_qos = None;
+            p.retain_available = Some(true);
+            p.wildcard_subscription_available = Some(true);
+            p.subscription_identifiers_available = Some(false);
+            p.shared_subscription_available = Some(false);
+            p.topic_alias_maximum = Some(0);
+        }
+        Packet::ConnAck(ack)
+    }
+
+    /// Handles CONNECT; returns the CONNACK and whether the session may go on.
+    pub fn connect(&mut self, c: Connect) -> (Packet, bool) {
+        let version = c.protocol_version;
+        self.version = Some(version);
+        let refuse = |s: &Self, code: ReasonCode| (s.connack(version, code, None), false);
+        let mut assigned = None;
+        let client_id = if c.client_id.is_empty() {
+            if !c.clean_start && !version.is_v5() {
+                return refuse(self, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            let id = tributary_core::naming::unique_name("tributary-");
+            assigned = version.is_v5().then(|| id.clone());
+            id
+        } else {
+            c.client_id.clone()
+        };
+        let (user, password) = match (&c.username, &c.password) {
+            (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
+            (Some(u), None) => (u.clone(), String::new()),
+            // Anonymous clients act as guest, which (by default) only works from loopback.
+            (None, _) => ("guest".to_string(), "guest".to_string()),
+        };
+        if let Err(e) = self.users.authenticate(&user, &password, self.peer.ip()) {
+            tracing::warn!(peer = %self.peer, user = %user, reason = %e, "MQTT login refused");
+            return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+        }
+        self.client_id = client_id;
+        self.keep_alive = c.keep_alive;
+        self.will = c.will;
+        tracing::info!(peer = %self.peer, client_id = %self.client_id, user = %user, version = version.level(), "MQTT connection opened");
+        (self.connack(version, ReasonCode::SUCCESS, assigned), true)
+    }
+
+    fn ensure_queue(&mut self) -> Result<Arc<Queue>, ReasonCode> {
+        if let Some(q) = &self.queue {
+            return Ok(q.clone());
+        }
+        let v = vhost(&self.broker);
+        let name = format!("mqtt-subscription-{}", self.client_id);
+        let options = QueueOptions {
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            arguments: Table::default(),
+        };
+        let q = v
+            .declare_queue(&name, false, options, self.id)
+            .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?
+            .queue;
+        let sink = Arc::new(Sink {
+            tx: self.tx.clone(),
+            inflight: self.inflight.clone(),
+            live: AtomicBool::new(true),
+        });
+        let opts = ConsumerOptions::default();
+        q.add_consumer(
+            format!("mqtt-{}", self.id).into(),
+            self.id,
+            0,
+            opts,
+            sink.clone(),
+        )
+        .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
+        self.queue = Some(q.clone());
+        self.sink = Some(sink);
+        Ok(q)
+    }
+
+    /// Handles every packet after CONNECT.
+    pub fn handle(&mut self, packet: Packet, out: &mut Vec<Packet>) -> End {
+        match packet {
+            Packet::Publish(p) => self.publish_in(p, out),
+            Packet::PubAck(a) => {
+                self.settle_out(a.packet_id);
+                End::No
+            }
+            Packet::PubRec(a) => {
+                self.settle_out(a.packet_id);
+                out.push(Packet::PubRel(PubAckLike {
+                    packet_id: a.packet_id,
+                    ..Default::default()
+                }));
+                End::No
+            }
+            Packet::PubComp(_) => End::No,
+            Packet::PubRel(r) => {
+                self.incoming_qos2.remove(&r.packet_id);
+                out.push(Packet::PubComp(PubAckLike {
+                    packet_id: r.packet_id,
+                    ..Default::default()
+                }));
+                End::No
+            }
+            Packet::Subscribe(s) => self.subscribe(s, out),
+            Packet::Unsubscribe(u) => self.unsubscribe(u, out),
+            Packet::PingReq => {
+                out.push(Packet::PingResp);
+                End::No
+            }
+            Packet::Disconnect(_) => End::Close {
+                packet: None,
+                will: false,
+            },
+            _ => End::Close {
+                packet: self.v5().then(|| {
+                    Box::new(Packet::Disconnect(tributary_mqtt::Disconnect {
+                        reason_code: ReasonCode::PROTOCOL_ERROR,
+                        ..Default::default()
+                    }))
+                }),
+                will: true,
+            },
+        }
+    }
+
+    /// The core message for an MQTT publish.
+    fn to_message(
+        topic: &str,
+        qos: QoS,
+        payload: Bytes,
+        retain_props: Option<&tributary_mqtt::PublishProperties>,
+    ) -> Arc<Message> {
+        let mut headers = Table::default();
+        headers.insert(QOS_HEADER, Value::U8(qos as u8));
+        let mut properties = Properties {
+            delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
+            headers: Some(headers),
+            ..Default::default()
+        };
+        if let Some(p) = retain_props {
+            properties.content_type = p
+                .content_type
+                .as_ref()
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()));
+            properties.correlation_id = p
+                .correlation_data
+                .as_ref()
+                .map(|b| Bytes::copy_from_slice(b));
+            properties.reply_to = p
+                .response_topic
+                .as_ref()
+                .map(|t| Bytes::copy_from_slice(topic_to_routing_key(t).as_bytes()));
+            if let Some(secs) = p.message_expiry_interval {
+                properties.expiration = Some(Bytes::from((u64::from(secs) * 1000).to_string()));
+            }
+        }
+        Message::new(
+            Bytes::from_static(TOPIC_EXCHANGE.as_bytes()),
+            Bytes::from(topic_to_routing_key(topic)),
+            properties,
+            Bytes::copy_from_slice(&payload),
+        )
+    }
+
+    fn route(&self, message: &Arc<Message>) {
+        let v = vhost(&self.broker);
+        let mut routed = tributary_core::Routed::default();
+        if v.route(
+            TOPIC_EXCHANGE,
+            &message.routing_key,
+            &message.properties,
+            &mut routed,
+        )
+        .is_ok()
+        {
+            v.enqueue(message, &routed.queues);
+        }
+    }
+
+    fn publish_in(&mut self, p: Publish, out: &mut Vec<Packet>) -> End {
+        let Ok(topic) = std::str::from_utf8(&p.topic).map(str::to_string) else {
+            return End::Close {
+                packet: None,
+                will: true,
+            };
+        };
+        let message = Self::to_message(&topic, p.qos, p.payload.clone(), Some(&p.properties));
+        if p.retain {
+            let mut retained = self.retained.lock();
+            if p.payload.is_empty() {
+                retained.remove(&topic);
+            } else {
+                retained.insert(topic.clone(), message.clone());
+            }
+        }
+        match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => self.route(&message),
+            (QoS::AtLeastOnce, Some(id)) => {
+                self.route(&message);
+                out.push(Packet::PubAck(PubAckLike {
+                    packet_id: id,
+                    ..Default::default()
+                }));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                // Exactly once: a DUP re-send of a packet id not yet released is not routed again.
+                if self.incoming_qos2.insert(id) {
+                    self.route(&message);
+                }
+                out.push(Packet::PubRec(PubAckLike {
+                    packet_id: id,
+                    ..Default::default()
+                }));
+            }
+            _ => {
+                return End::Close {
+                    packet: None,
+                    will: true,
+                };
+            }
+        }
+        End::No
+    }
+
+    fn subscribe(&mut self, s: Subscribe, out: &mut Vec<Packet>) -> End {
+        let q = match self.ensure_queue() {
+            Ok(q) => q,
+            Err(code) => {
+                out.push(Packet::SubAck(SubAck {
+                    packet_id: s.packet_id,
+                    reason_codes: vec![code; s.filters.len()],
+                    ..Default::default()
+                }));
+                return End::No;
+            }
+        };
+        let v = vhost(&self.broker);
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained_out = Vec::new();
+        for sub in s.filters {
+            if sub.filter.starts_with("$share/") {
+                codes.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+                continue;
+            }
+            if validate_topic_filter(&sub.filter).is_err() {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let key = filter_to_routing_key(&sub.filter);
+            if v.bind_queue(q.name(), TOPIC_EXCHANGE, &key, Table::default(), self.id)
+                .is_err()
+            {
+                codes.push(ReasonCode::UNSPECIFIED_ERROR);
+                continue;
+            }
+            let granted = sub.options.qos;
+            self.filters.insert(sub.filter.clone(), granted);
+            codes.push(ReasonCode(granted as u8));
+            for (topic, m) in self.retained.lock().iter() {
+                if tributary_core::topic::pattern_matches(&key, &topic_to_routing_key(topic))
+                    && !topic.starts_with('$')
+                {
+                    retained_out.push((topic.clone(), m.clone(), granted));
+                }
+            }
+        }
+        out.push(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            ..Default::default()
+        }));
+        for (topic, m, granted) in retained_out {
+            let qos = granted.min(publish_qos(&m));
+            let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_id());
+            out.push(Packet::Publish(Publish {
+                dup: false,
+                qos,
+                retain: true,
+                topic: Bytes::from(topic),
+                packet_id,
+                properties: Default::default(),
+                payload: m.body.clone(),
+            }));
+        }
+        End::No
+    }
+
+    fn unsubscribe(&mut self, u: Unsubscribe, out: &mut Vec<Packet>) -> End {
+        let v = vhost(&self.broker);
+        let mut codes = Vec::new();
+        for f in u.filters {
+            let existed = self.filters.remove(&f).is_some();
+            if let Some(q) = &self.queue {
+                let _ = v.unbind_queue(
+                    q.name(),
+                    TOPIC_EXCHANGE,
+                    &filter_to_routing_key(&f),
+                    Table::default(),
+                    self.id,
+                );
+            }
+            codes.push(if existed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        out.push(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            ..Default::default()
+        }));
+        End::No
+    }
+
+    fn next_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if self.next_packet_id != 0 && !self.outgoing.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
+    }
+
+    fn settle_out(&mut self, packet_id: u16) {
+        if let Some((q, entry)) = self.outgoing.remove(&packet_id) {
+            q.settle(&entry);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            q.dispatch();
+        }
+    }
+
+    /// A delivery from the client's queue becomes a PUBLISH at
+    /// min(granted QoS of the matching subscriptions, published QoS).
+    pub fn deliver(&mut self, d: Delivery, out: &mut Vec<Packet>) {
+        let m = d.entry.message.clone();
+        let key = String::from_utf8_lossy(&m.routing_key).into_owned();
+        let granted = self
+            .filters
+            .iter()
+            .filter(|(f, _)| {
+                tributary_core::topic::pattern_matches(&filter_to_routing_key(f), &key)
+            })
+            .map(|(_, q)| *q)
+            .max()
+            .unwrap_or(QoS::AtMostOnce);
+        let qos = granted.min(publish_qos(&m));
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_id());
+        out.push(Packet::Publish(Publish {
+            dup: d.entry.redelivered,
+            qos,
+            retain: false,
+            topic: Bytes::from(routing_key_to_topic(&key)),
+            packet_id,
+            properties: Default::default(),
+            payload: m.body.clone(),
+        }));
+        match packet_id {
+            Some(id) => {
+                self.outgoing.insert(id, (d.queue, d.entry));
+            }
+            None => {
+                d.queue.settle(&d.entry);
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The will message, when the connection ends without a clean DISCONNECT.
+    pub fn publish_will(&mut self) {
+        if let Some(w) = self.will.take()
+            && let Ok(topic) = std::str::from_utf8(&w.topic)
+        {
+            let m = Self::to_message(topic, w.qos, w.payload.clone(), None);
+            if w.retain {
+                self.retained.lock().insert(topic.to_string(), m.clone());
+            }
+            self.route(&m);
+        }
+    }
+
+    /// Releases everything: in-flight deliveries go back to the queue, the
+    /// (clean) session's queue is deleted.
+    pub fn close(&mut self) {
+        self.will = None;
+        for (_, (q, entry)) in self.outgoing.drain() {
+            q.requeue(vec![entry]);
+        }
+        if let Some(sink) = &self.sink {
+            sink.live.store(false, Ordering::Release);
+        }
+        if let Some(q) = self.queue.take() {
+            vhost(&self.broker).remove_queue(&q);
+        }
+    }
+}
+
+fn publish_qos(m: &Message) -> QoS {
+    let from_header = m
+        .properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(QOS_HEADER))
+        .and_then(Value::as_i64);
+    match from_header {
+        Some(2) => QoS::ExactlyOnce,
+        Some(1) => QoS::AtLeastOnce,
+        Some(_) => QoS::AtMostOnce,
+        // From AMQP: persistent messages are QoS 1, others QoS 0 (RabbitMQ 4).
+        None if m.properties.is_persistent() => QoS::AtLeastOnce,
+        None => QoS::AtMostOnce,
+    }
+}

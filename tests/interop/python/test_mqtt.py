@@ -1,0 +1,188 @@
+"""MQTT (early support, issue 4) with paho-mqtt, v3.1.1 and v5: connect, publish and
+subscribe at QoS 0/1/2 through amq.topic, MQTT <-> AMQP (pika) both ways, retained
+messages, wills, session takeover, and a malformed packet. Tributary only."""
+
+from __future__ import annotations
+
+import queue
+import re
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pika
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import TARGET, TributaryBroker
+
+pytestmark = pytest.mark.skipif(TARGET[0] != "tributary", reason="needs Tributary's MQTT listener")
+
+WAIT = 10
+
+
+@pytest.fixture
+def mqtt_broker():
+    import conftest
+
+    root = Path(tempfile.mkdtemp(prefix="tributary-mqtt-"))
+    b = TributaryBroker(root)
+    # The MQTT listener is off by default: switch it on, on a free port.
+    b.config_text = conftest.CONFIG.replace(
+        '[listeners]\namqp = "127.0.0.1:0"\n', '[listeners]\namqp = "127.0.0.1:0"\nmqtt = "127.0.0.1:0"\n'
+    )
+    assert "mqtt =" in b.config_text, "conftest.CONFIG changed shape"
+    try:
+        b.start()
+        deadline = time.monotonic() + WAIT
+        while not (m := re.search(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)", b.log_text())):
+            assert time.monotonic() < deadline, "no `listening protocol=mqtt` line"
+            time.sleep(0.02)  # polling the log for the line, bounded
+        b.mqtt_port = int(m.group(1))
+        yield b
+    finally:
+        problems = b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not problems, problems
+
+
+def client(b, version=mqtt.MQTTv311, client_id="", clean=True, will=None):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                    clean_session=clean if version != mqtt.MQTTv5 else None)
+    got: queue.Queue = queue.Queue()
+    c.on_message = lambda _c, _u, msg: got.put(msg)
+    c.user_data_set(got)
+    if will:
+        c.will_set(*will)
+    connected = queue.Queue()
+    c.on_connect = lambda _c, _u, _f, rc, props=None: connected.put(rc)
+    c.on_disconnect = lambda _c, _u, _f, rc, props=None: got.put(("disconnected", rc))
+    if version == mqtt.MQTTv5:
+        c.connect("127.0.0.1", b.mqtt_port, keepalive=30, clean_start=clean)
+    else:
+        c.connect("127.0.0.1", b.mqtt_port, keepalive=30)
+    c.loop_start()
+    rc = connected.get(timeout=WAIT)
+    assert not rc.is_failure, rc
+    return c, got
+
+
+def subscribe(c, topic, qos):
+    done = queue.Queue()
+    c.on_subscribe = lambda _c, _u, mid, rcs, props=None: done.put(rcs)
+    c.subscribe(topic, qos)
+    return done.get(timeout=WAIT)
+
+
+def next_message(got, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = got.get(timeout=max(0.01, deadline - time.monotonic()))
+        if not isinstance(item, tuple):
+            return item
+    raise AssertionError("no message")
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v3.1.1", "v5"])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_publish_subscribe_each_qos(mqtt_broker, version, qos):
+    sub, got = client(mqtt_broker, version)
+    rcs = subscribe(sub, "sensors/+/temp", qos)
+    assert [int(r.value) if hasattr(r, "value") else int(r) for r in rcs] == [qos]
+    pub, _ = client(mqtt_broker, version)
+    info = pub.publish("sensors/kitchen/temp", b"21.5", qos=qos)
+    info.wait_for_publish(WAIT)
+    assert info.is_published()
+    m = next_message(got)
+    assert (m.topic, m.payload, m.qos) == ("sensors/kitchen/temp", b"21.5", qos)
+    pub.publish("sensors/kitchen/humidity", b"40", qos=qos).wait_for_publish(WAIT)
+    pub.publish("sensors/kitchen/temp", b"22.0", qos=qos).wait_for_publish(WAIT)
+    assert next_message(got).payload == b"22.0", "a non-matching topic was delivered"
+    for c in (sub, pub):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_mqtt_to_amqp_and_back(mqtt_broker):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", mqtt_broker.port))
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "sensors.*.temp")
+    sub, got = client(mqtt_broker)
+    subscribe(sub, "commands/#", 1)
+    pub, _ = client(mqtt_broker)
+    pub.publish("sensors/hall/temp", b"19", qos=1).wait_for_publish(WAIT)
+    deadline = time.monotonic() + WAIT
+    while True:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method:
+            break
+        assert time.monotonic() < deadline, "the MQTT publish never reached the AMQP queue"
+        time.sleep(0.02)  # polling basic.get with a deadline
+    assert (method.routing_key, body, props.delivery_mode) == ("sensors.hall.temp", b"19", 2)
+    ch.basic_publish("amq.topic", "commands.hall.heat", b"on", pika.BasicProperties(delivery_mode=2))
+    m = next_message(got)
+    assert (m.topic, m.payload, m.qos) == ("commands/hall/heat", b"on", 1)
+    conn.close()
+    for c in (sub, pub):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_retained_message_delivered_on_subscribe_and_cleared(mqtt_broker):
+    pub, _ = client(mqtt_broker)
+    pub.publish("status/door", b"open", qos=1, retain=True).wait_for_publish(WAIT)
+    sub, got = client(mqtt_broker)
+    subscribe(sub, "status/#", 1)
+    m = next_message(got)
+    assert (m.topic, m.payload, m.retain) == ("status/door", b"open", True)
+    pub.publish("status/door", b"", qos=1, retain=True).wait_for_publish(WAIT)
+    late, got2 = client(mqtt_broker)
+    subscribe(late, "status/#", 1)
+    pub.publish("status/ping", b"x", qos=1).wait_for_publish(WAIT)
+    assert next_message(got2).topic == "status/ping", "a deleted retained message was delivered"
+    for c in (sub, pub, late):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_will_sent_on_abnormal_close_not_on_disconnect(mqtt_broker):
+    sub, got = client(mqtt_broker)
+    subscribe(sub, "wills/#", 1)
+    # A clean DISCONNECT discards the will; had it been sent, it would arrive first.
+    clean, _ = client(mqtt_broker, client_id="polite", will=("wills/polite", b"bye", 1))
+    clean.disconnect()
+    clean.loop_stop()
+    dying, _ = client(mqtt_broker, client_id="dying2", will=("wills/dying2", b"gone", 1))
+    dying._sock.close()  # abnormal: no DISCONNECT packet
+    m = next_message(got)
+    assert (m.topic, m.payload) == ("wills/dying2", b"gone")
+    sub.disconnect()
+    sub.loop_stop()
+
+
+def test_session_takeover_disconnects_the_first_v5(mqtt_broker):
+    first, got1 = client(mqtt_broker, mqtt.MQTTv5, client_id="same")
+    second, _ = client(mqtt_broker, mqtt.MQTTv5, client_id="same")
+    deadline = time.monotonic() + WAIT
+    while True:
+        item = got1.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(item, tuple):
+            assert item[0] == "disconnected"
+            assert int(item[1].value) == 0x8E, item[1]
+            break
+    first.loop_stop()
+    second.disconnect()
+    second.loop_stop()
+
+
+def test_malformed_packet_closes_the_connection(mqtt_broker):
+    s = socket.create_connection(("127.0.0.1", mqtt_broker.mqtt_port), timeout=WAIT)
+    # A CONNECT whose remaining length announces 256 MiB: refused at once, nothing allocated.
+    s.sendall(b"\x10\xff\xff\xff\x7f")
+    s.settimeout(WAIT)
+    assert s.recv(64) == b"", "the connection stayed open"
+    s.close()
