@@ -16,6 +16,8 @@ import paho.mqtt.client as mqtt
 import pika
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from conftest import TARGET, TributaryBroker
 
@@ -186,3 +188,83 @@ def test_malformed_packet_closes_the_connection(mqtt_broker):
     s.settimeout(WAIT)
     assert s.recv(64) == b"", "the connection stayed open"
     s.close()
+
+
+def test_v5_properties_cross_to_amqp_and_back(mqtt_broker):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", mqtt_broker.port))
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "req.#")
+    pub, _ = client(mqtt_broker, mqtt.MQTTv5)
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    props.ResponseTopic = "resp/device1"
+    props.CorrelationData = b"\x01\x02corr"
+    props.UserProperty = [("site", "north")]
+    pub.publish("req/temp", b"{}", qos=1, properties=props).wait_for_publish(WAIT)
+    deadline = time.monotonic() + WAIT
+    while True:
+        method, p, body = ch.basic_get(q, auto_ack=True)
+        if method:
+            break
+        assert time.monotonic() < deadline, "the MQTT request never reached AMQP"
+        time.sleep(0.02)  # polling basic.get with a deadline
+    assert p.content_type == "application/json"
+    assert p.reply_to == "resp.device1"
+    assert p.headers["site"] == "north"
+    # An AMQP reply to reply_to reaches the MQTT requester with the properties mapped back.
+    sub, got = client(mqtt_broker, mqtt.MQTTv5)
+    subscribe(sub, "resp/#", 1)
+    ch.basic_publish("amq.topic", p.reply_to, b"21.5",
+                     pika.BasicProperties(content_type="text/plain", correlation_id="c-42", headers={"unit": "C"}))
+    m = next_message(got)
+    assert m.topic == "resp/device1" and m.payload == b"21.5"
+    assert m.properties.ContentType == "text/plain"
+    assert m.properties.CorrelationData == b"c-42"
+    assert ("unit", "C") in m.properties.UserProperty
+    conn.close()
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_shared_subscription_round_robins_across_the_group(mqtt_broker):
+    members = [client(mqtt_broker, mqtt.MQTTv5) for _ in range(2)]
+    for c, _ in members:
+        rcs = subscribe(c, "$share/workers/jobs/#", 1)
+        assert not rcs[0].is_failure, rcs
+    pub, _ = client(mqtt_broker)
+    for i in range(10):
+        pub.publish("jobs/x", b"%d" % i, qos=1).wait_for_publish(WAIT)
+    got = [[], []]
+    deadline = time.monotonic() + WAIT
+    while sum(map(len, got)) < 10:
+        assert time.monotonic() < deadline, f"only {got} arrived"
+        for i, (_, q) in enumerate(members):
+            try:
+                item = q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if not isinstance(item, tuple):
+                got[i].append(item.payload)
+    assert sorted(got[0] + got[1]) == sorted(b"%d" % i for i in range(10)), "lost or duplicated"
+    assert got[0] and got[1], f"not shared: {got}"
+    for c, _ in members + [(pub, None)]:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_retain_handling_2_sends_no_retained_message(mqtt_broker):
+    pub, _ = client(mqtt_broker)
+    pub.publish("rh/state", b"kept", qos=1, retain=True).wait_for_publish(WAIT)
+    sub, got = client(mqtt_broker, mqtt.MQTTv5)
+    done = queue.Queue()
+    sub.on_subscribe = lambda _c, _u, mid, rcs, props=None: done.put(rcs)
+    sub.subscribe("rh/#", options=mqtt.SubscribeOptions(qos=1, retainHandling=2))
+    done.get(timeout=WAIT)
+    pub.publish("rh/live", b"fresh", qos=1).wait_for_publish(WAIT)
+    m = next_message(got)
+    assert (m.topic, m.payload) == ("rh/live", b"fresh"), "a retained message was sent despite Retain Handling 2"
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()

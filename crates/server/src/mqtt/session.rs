@@ -94,6 +94,8 @@ pub struct Session {
     sink: Option<Arc<Sink>>,
     inflight: Arc<AtomicU32>,
     filters: HashMap<String, QoS>,
+    /// `$share/{group}/{filter}` subscriptions: the group's queue and our consumer tag on it.
+    shared: HashMap<String, (Arc<Queue>, Arc<str>)>,
     next_packet_id: u16,
     outgoing: HashMap<u16, (Arc<Queue>, Entry)>,
     incoming_qos2: HashSet<u16>,
@@ -127,6 +129,7 @@ impl Session {
             sink: None,
             inflight: Arc::new(AtomicU32::new(0)),
             filters: HashMap::new(),
+            shared: HashMap::new(),
             next_packet_id: 0,
             outgoing: HashMap::new(),
             incoming_qos2: HashSet::new(),
@@ -158,7 +161,7 @@ impl Session {
             p.retain_available = Some(true);
             p.wildcard_subscription_available = Some(true);
             p.subscription_identifiers_available = Some(false);
-            p.shared_subscription_available = Some(false);
+            p.shared_subscription_available = Some(true);
             p.topic_alias_maximum = Some(0);
         }
         Packet::ConnAck(ack)
@@ -294,6 +297,16 @@ impl Session {
             ..Default::default()
         };
         if let Some(p) = retain_props {
+            if let Some(h) = properties.headers.as_mut() {
+                for (k, v) in &p.user_properties {
+                    if !k.starts_with("x-mqtt-") {
+                        h.insert(
+                            k.clone(),
+                            Value::LongStr(Bytes::copy_from_slice(v.as_bytes())),
+                        );
+                    }
+                }
+            }
             properties.content_type = p
                 .content_type
                 .as_ref()
@@ -394,8 +407,15 @@ impl Session {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained_out = Vec::new();
         for sub in s.filters {
-            if sub.filter.starts_with("$share/") {
-                codes.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+            if let Ok(Some(shared)) = tributary_mqtt::topic::parse_shared(&sub.filter) {
+                let (group, inner) = (shared.group.to_string(), shared.filter.to_string());
+                match self.join_shared(&sub.filter, &group, &inner) {
+                    Ok(()) => {
+                        self.filters.insert(inner, sub.options.qos);
+                        codes.push(ReasonCode(sub.options.qos as u8));
+                    }
+                    Err(code) => codes.push(code),
+                }
                 continue;
             }
             if validate_topic_filter(&sub.filter).is_err() {
@@ -410,8 +430,17 @@ impl Session {
                 continue;
             }
             let granted = sub.options.qos;
-            self.filters.insert(sub.filter.clone(), granted);
+            let existed = self.filters.insert(sub.filter.clone(), granted).is_some();
             codes.push(ReasonCode(granted as u8));
+            // v5 Retain Handling: 0 send retained, 1 only for a new subscription, 2 never.
+            let send_retained = match sub.options.retain_handling {
+                tributary_mqtt::RetainHandling::SendAtSubscribe => true,
+                tributary_mqtt::RetainHandling::SendAtNewSubscribe => !existed,
+                tributary_mqtt::RetainHandling::DoNotSend => false,
+            };
+            if !send_retained {
+                continue;
+            }
             for (topic, m) in self.retained.lock().iter() {
                 if tributary_core::topic::pattern_matches(&key, &topic_to_routing_key(topic))
                     && !topic.starts_with('$')
@@ -441,10 +470,56 @@ impl Session {
         End::No
     }
 
+    /// Joins a shared subscription: one queue per group (`mqtt-shared-<group>`,
+    /// deleted with its last member), bound with the filter; members are its
+    /// consumers, so messages go round-robin across the group.
+    fn join_shared(&mut self, full: &str, group: &str, filter: &str) -> Result<(), ReasonCode> {
+        if validate_topic_filter(filter).is_err() {
+            return Err(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        if self.shared.contains_key(full) {
+            return Ok(());
+        }
+        let v = vhost(&self.broker);
+        let options = QueueOptions {
+            durable: false,
+            exclusive: false,
+            auto_delete: true,
+            arguments: Table::default(),
+        };
+        let q = v
+            .declare_queue(&format!("mqtt-shared-{group}"), false, options, self.id)
+            .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?
+            .queue;
+        v.bind_queue(
+            q.name(),
+            TOPIC_EXCHANGE,
+            &filter_to_routing_key(filter),
+            Table::default(),
+            self.id,
+        )
+        .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
+        let tag: Arc<str> = format!("mqtt-{}-{}", self.id, self.shared.len()).into();
+        let sink = Arc::new(Sink {
+            tx: self.tx.clone(),
+            inflight: self.inflight.clone(),
+            live: AtomicBool::new(true),
+        });
+        q.add_consumer(tag.clone(), self.id, 0, ConsumerOptions::default(), sink)
+            .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
+        self.shared.insert(full.to_string(), (q, tag));
+        Ok(())
+    }
+
     fn unsubscribe(&mut self, u: Unsubscribe, out: &mut Vec<Packet>) -> End {
         let v = vhost(&self.broker);
         let mut codes = Vec::new();
         for f in u.filters {
+            if let Some((q, tag)) = self.shared.remove(&f) {
+                v.cancel_consumer(&q, self.id, 0, &tag);
+                codes.push(ReasonCode::SUCCESS);
+                continue;
+            }
             let existed = self.filters.remove(&f).is_some();
             if let Some(q) = &self.queue {
                 let _ = v.unbind_queue(
@@ -502,13 +577,18 @@ impl Session {
             .unwrap_or(QoS::AtMostOnce);
         let qos = granted.min(publish_qos(&m));
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_id());
+        let properties = if self.v5() {
+            v5_properties(&m)
+        } else {
+            Default::default()
+        };
         out.push(Packet::Publish(Publish {
             dup: d.entry.redelivered,
             qos,
             retain: false,
             topic: Bytes::from(routing_key_to_topic(&key)),
             packet_id,
-            properties: Default::default(),
+            properties,
             payload: m.body.clone(),
         }));
         match packet_id {
@@ -545,10 +625,39 @@ impl Session {
         if let Some(sink) = &self.sink {
             sink.live.store(false, Ordering::Release);
         }
+        let v = vhost(&self.broker);
+        for (_, (q, tag)) in self.shared.drain() {
+            v.cancel_consumer(&q, self.id, 0, &tag);
+        }
         if let Some(q) = self.queue.take() {
             vhost(&self.broker).remove_queue(&q);
         }
     }
+}
+
+/// The MQTT 5 properties a core message carries: Content Type, Correlation
+/// Data, Response Topic and User Properties (string headers), as docs/mqtt.md maps them.
+fn v5_properties(m: &Message) -> tributary_mqtt::PublishProperties {
+    let p = &m.properties;
+    let text = |b: &Option<Bytes>| {
+        b.as_ref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .map(str::to_string)
+    };
+    let mut out = tributary_mqtt::PublishProperties {
+        content_type: text(&p.content_type),
+        correlation_data: p.correlation_id.clone(),
+        response_topic: text(&p.reply_to).map(|k| routing_key_to_topic(&k)),
+        ..Default::default()
+    };
+    if let Some(h) = &p.headers {
+        for (k, v) in h.iter() {
+            if let (false, Some(s)) = (k.starts_with("x-"), v.as_str()) {
+                out.user_properties.push((k.clone(), s.to_string()));
+            }
+        }
+    }
+    out
 }
 
 fn publish_qos(m: &Message) -> QoS {
