@@ -23,7 +23,7 @@ from conftest import TARGET, TributaryBroker
 
 pytestmark = pytest.mark.skipif(TARGET[0] != "tributary", reason="needs Tributary's MQTT listener")
 
-WAIT = 10
+WAIT = 20
 
 
 @pytest.fixture
@@ -268,3 +268,63 @@ def test_retain_handling_2_sends_no_retained_message(mqtt_broker):
     for c in (pub, sub):
         c.disconnect()
         c.loop_stop()
+
+
+@pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v3.1.1", "v5"])
+def test_persistent_session_keeps_messages_offline_and_across_a_crash(version):
+    import conftest
+    from durability_support import RestartableBroker
+
+    root = Path(tempfile.mkdtemp(prefix="tributary-mqtt-persist-"))
+    b = RestartableBroker(root)
+    b.config_path.write_text(conftest.CONFIG.replace(
+        '[listeners]\namqp = "127.0.0.1:0"\n', '[listeners]\namqp = "127.0.0.1:0"\nmqtt = "127.0.0.1:0"\n'))
+
+    def port():
+        m = b.run.wait_for(re.compile(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)"), WAIT)
+        assert m, "no MQTT listening line"
+        b.mqtt_port = int(m.group(1))
+
+    def durable_client():
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="meter-7", protocol=version,
+                        clean_session=False if version != mqtt.MQTTv5 else None)
+        got: queue.Queue = queue.Queue()
+        c.on_message = lambda _c, _u, msg: got.put(msg)
+        acks: queue.Queue = queue.Queue()
+        c.on_connect = lambda _c, _u, flags, rc, props=None: acks.put((flags.session_present, rc))
+        if version == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            c.connect("127.0.0.1", b.mqtt_port, keepalive=30, clean_start=False, properties=props)
+        else:
+            c.connect("127.0.0.1", b.mqtt_port, keepalive=30)
+        c.loop_start()
+        present, rc = acks.get(timeout=WAIT)
+        assert not rc.is_failure, rc
+        return c, got, present
+
+    try:
+        b.start()
+        port()
+        c, _, present = durable_client()
+        assert not present, "a new session must not be reported present"
+        subscribe(c, "meters/+/kwh", 1)
+        c.disconnect()
+        c.loop_stop()
+        pub, _ = client(b)
+        for i in range(3):
+            pub.publish("meters/7/kwh", b"%d" % i, qos=1).wait_for_publish(WAIT)
+        pub.disconnect()
+        pub.loop_stop()
+        b.restart("kill")  # the QoS 1 messages were acknowledged: they are on disk
+        port()
+        c, got, present = durable_client()
+        assert present, "the stored session was not resumed"
+        bodies = [next_message(got).payload for _ in range(3)]
+        assert bodies == [b"0", b"1", b"2"]
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        problems = b.finish()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not problems, problems

@@ -23,6 +23,8 @@ use tributary_mqtt::{
 
 /// The exchange MQTT topics live on.
 pub const TOPIC_EXCHANGE: &str = "amq.topic";
+/// Binding argument holding a subscription's granted QoS.
+const QOS_ARG: &str = "x-mqtt-qos";
 /// Header carrying the QoS a message was published with over MQTT.
 const QOS_HEADER: &str = "x-mqtt-publish-qos";
 /// Deliveries in flight to one client before the queue waits (Receive Maximum).
@@ -92,6 +94,9 @@ pub struct Session {
     will: Option<tributary_mqtt::Will>,
     queue: Option<Arc<Queue>>,
     sink: Option<Arc<Sink>>,
+    /// Clean session 0 (3.x) / clean start 0 with a session expiry (5): the
+    /// session's queue is durable and outlives the connection (and restarts).
+    persistent: bool,
     inflight: Arc<AtomicU32>,
     filters: HashMap<String, QoS>,
     /// `$share/{group}/{filter}` subscriptions: the group's queue and our consumer tag on it.
@@ -127,6 +132,7 @@ impl Session {
             will: None,
             queue: None,
             sink: None,
+            persistent: false,
             inflight: Arc::new(AtomicU32::new(0)),
             filters: HashMap::new(),
             shared: HashMap::new(),
@@ -196,8 +202,74 @@ impl Session {
         self.client_id = client_id;
         self.keep_alive = c.keep_alive;
         self.will = c.will;
+        self.persistent = !c.clean_start
+            && (!version.is_v5() || c.properties.session_expiry_interval.is_some_and(|e| e > 0));
+        let v = vhost(&self.broker);
+        let stored = v.queue(&self.persistent_queue_name(), self.id).ok();
+        let mut session_present = false;
+        match (stored, self.persistent) {
+            (Some(q), true) => {
+                // Resume: the subscriptions are the queue's bindings (QoS in their arguments).
+                if let Ok(x) = v.exchange(TOPIC_EXCHANGE) {
+                    for b in x.bindings() {
+                        if let tributary_core::exchange::Destination::Queue(bq) = &b.destination
+                            && Arc::ptr_eq(bq, &q)
+                        {
+                            let qos = match b.arguments.get(QOS_ARG).and_then(Value::as_i64) {
+                                Some(2) => QoS::ExactlyOnce,
+                                Some(1) => QoS::AtLeastOnce,
+                                _ => QoS::AtMostOnce,
+                            };
+                            self.filters
+                                .insert(tributary_mqtt::topic::binding_key_to_filter(&b.key), qos);
+                        }
+                    }
+                }
+                session_present = true;
+                if let Err(code) = self.attach(q) {
+                    return refuse(self, code);
+                }
+            }
+            (Some(q), false) => {
+                // Clean start discards a stored session.
+                v.remove_queue(&q);
+            }
+            (None, _) => {}
+        }
         tracing::info!(peer = %self.peer, client_id = %self.client_id, user = %user, version = version.level(), "MQTT connection opened");
-        (self.connack(version, ReasonCode::SUCCESS, assigned), true)
+        let mut ack = self.connack(version, ReasonCode::SUCCESS, assigned);
+        if let Packet::ConnAck(a) = &mut ack {
+            a.session_present = session_present;
+        }
+        (ack, true)
+    }
+
+    fn persistent_queue_name(&self) -> String {
+        format!("mqtt-subscription-{}qos1", self.client_id)
+    }
+
+    /// Consumes the session's queue.
+    fn attach(&mut self, q: Arc<Queue>) -> Result<Arc<Queue>, ReasonCode> {
+        let sink = Arc::new(Sink {
+            tx: self.tx.clone(),
+            inflight: self.inflight.clone(),
+            live: AtomicBool::new(true),
+        });
+        q.add_consumer(
+            self.consumer_tag(),
+            self.id,
+            0,
+            ConsumerOptions::default(),
+            sink.clone(),
+        )
+        .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
+        self.queue = Some(q.clone());
+        self.sink = Some(sink);
+        Ok(q)
+    }
+
+    fn consumer_tag(&self) -> Arc<str> {
+        format!("mqtt-{}", self.id).into()
     }
 
     fn ensure_queue(&mut self) -> Result<Arc<Queue>, ReasonCode> {
@@ -205,34 +277,28 @@ impl Session {
             return Ok(q.clone());
         }
         let v = vhost(&self.broker);
-        let name = format!("mqtt-subscription-{}", self.client_id);
-        let options = QueueOptions {
-            durable: false,
-            exclusive: true,
-            auto_delete: true,
-            arguments: Table::default(),
+        let (name, options) = if self.persistent {
+            let options = QueueOptions {
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Table::default(),
+            };
+            (self.persistent_queue_name(), options)
+        } else {
+            let options = QueueOptions {
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                arguments: Table::default(),
+            };
+            (format!("mqtt-subscription-{}", self.client_id), options)
         };
         let q = v
             .declare_queue(&name, false, options, self.id)
             .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?
             .queue;
-        let sink = Arc::new(Sink {
-            tx: self.tx.clone(),
-            inflight: self.inflight.clone(),
-            live: AtomicBool::new(true),
-        });
-        let opts = ConsumerOptions::default();
-        q.add_consumer(
-            format!("mqtt-{}", self.id).into(),
-            self.id,
-            0,
-            opts,
-            sink.clone(),
-        )
-        .map_err(|_| ReasonCode::UNSPECIFIED_ERROR)?;
-        self.queue = Some(q.clone());
-        self.sink = Some(sink);
-        Ok(q)
+        self.attach(q)
     }
 
     /// Handles every packet after CONNECT.
@@ -423,13 +489,18 @@ impl Session {
                 continue;
             }
             let key = filter_to_routing_key(&sub.filter);
-            if v.bind_queue(q.name(), TOPIC_EXCHANGE, &key, Table::default(), self.id)
+            let granted = sub.options.qos;
+            // One binding per filter, its granted QoS in the arguments (a resumed
+            // session reads its subscriptions back from them).
+            self.unbind_filter(&v, &q, &key);
+            let mut args = Table::default();
+            args.insert(QOS_ARG, Value::U8(granted as u8));
+            if v.bind_queue(q.name(), TOPIC_EXCHANGE, &key, args, self.id)
                 .is_err()
             {
                 codes.push(ReasonCode::UNSPECIFIED_ERROR);
                 continue;
             }
-            let granted = sub.options.qos;
             let existed = self.filters.insert(sub.filter.clone(), granted).is_some();
             codes.push(ReasonCode(granted as u8));
             // v5 Retain Handling: 0 send retained, 1 only for a new subscription, 2 never.
@@ -521,14 +592,8 @@ impl Session {
                 continue;
             }
             let existed = self.filters.remove(&f).is_some();
-            if let Some(q) = &self.queue {
-                let _ = v.unbind_queue(
-                    q.name(),
-                    TOPIC_EXCHANGE,
-                    &filter_to_routing_key(&f),
-                    Table::default(),
-                    self.id,
-                );
+            if let Some(q) = self.queue.clone() {
+                self.unbind_filter(&v, &q, &filter_to_routing_key(&f));
             }
             codes.push(if existed {
                 ReasonCode::SUCCESS
@@ -542,6 +607,21 @@ impl Session {
             ..Default::default()
         }));
         End::No
+    }
+
+    /// Removes the queue's binding for `key`, whatever QoS it was made with.
+    fn unbind_filter(&self, v: &VHost, q: &Arc<Queue>, key: &str) {
+        let Ok(x) = v.exchange(TOPIC_EXCHANGE) else {
+            return;
+        };
+        for b in x.bindings() {
+            if let tributary_core::exchange::Destination::Queue(bq) = &b.destination
+                && Arc::ptr_eq(bq, q)
+                && b.key == key
+            {
+                let _ = v.unbind_queue(q.name(), TOPIC_EXCHANGE, key, b.arguments.clone(), self.id);
+            }
+        }
     }
 
     fn next_id(&mut self) -> u16 {
@@ -630,7 +710,12 @@ impl Session {
             v.cancel_consumer(&q, self.id, 0, &tag);
         }
         if let Some(q) = self.queue.take() {
-            vhost(&self.broker).remove_queue(&q);
+            if self.persistent {
+                // The session outlives the connection: only the consumer goes.
+                v.cancel_consumer(&q, self.id, 0, &self.consumer_tag());
+            } else {
+                v.remove_queue(&q);
+            }
         }
     }
 }
