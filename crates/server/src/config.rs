@@ -78,8 +78,7 @@ impl Default for StoreConfig {
 pub struct Listeners {
     /// AMQP 0-9-1 over TCP (RabbitMQ's default: 5672). Empty string disables it.
     pub amqp: String,
-    /// MQTT over TCP (early: clean sessions only, see docs/mqtt.md), e.g.
-    /// "127.0.0.1:1883". Off (empty) until MQTT support is complete.
+    /// MQTT over TCP (Mosquitto's default: 1883). Empty string disables it.
     pub mqtt: String,
 }
 
@@ -87,7 +86,7 @@ impl Default for Listeners {
     fn default() -> Self {
         Listeners {
             amqp: "127.0.0.1:5672".into(),
-            mqtt: String::new(),
+            mqtt: "127.0.0.1:1883".into(),
         }
     }
 }

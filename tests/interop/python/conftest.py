@@ -32,6 +32,7 @@ STOP_TIMEOUT = 10.0
 CONFIG = """\
 [listeners]
 amqp = "127.0.0.1:0"
+mqtt = "127.0.0.1:0"
 
 [amqp]
 heartbeat = 60
