@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ const EXCHANGES: &str = "exchanges";
 const QUEUES: &str = "queues";
 const BINDINGS: &str = "bindings";
 const DELAYED: &str = "delayed";
+const RETAINED: &str = "retained";
 
 /// `Persistence` over the segment log and its metadata tables.
 pub struct StorePersistence {
@@ -28,6 +30,7 @@ fn table(kind: &str) -> &'static str {
         "exchange" => EXCHANGES,
         "queue" => QUEUES,
         "delayed" => DELAYED,
+        "retained" => RETAINED,
         _ => BINDINGS,
     }
 }
@@ -194,6 +197,22 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
     }
     tracing::info!(messages = restored, "recovered durable state");
     Ok((broker, store))
+}
+
+/// MQTT retained messages kept in the store, by topic.
+pub fn retained_messages(store: &Store) -> HashMap<String, Arc<Message>> {
+    let rows = store.meta_list(RETAINED).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read stored retained messages");
+        Vec::new()
+    });
+    rows.into_iter()
+        .filter_map(|(topic, bytes)| {
+            decode_message(Bytes::from(bytes))
+                .map(|m| (topic, Arc::new(m)))
+                .map_err(|e| tracing::warn!(error = %e, "skipping an undecodable retained message"))
+                .ok()
+        })
+        .collect()
 }
 
 /// Where a recovered message lives, in the core's terms.

@@ -75,7 +75,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             broker: broker.clone(),
             users: users.clone(),
             registry: crate::mqtt::Registry::default(),
-            retained: Default::default(),
+            retained: Arc::new(parking_lot::Mutex::new(
+                crate::persistence::retained_messages(&store),
+            )),
             shutdown: shutdown.clone(),
         });
         let (t, s) = (tracker.clone(), shutdown.clone());

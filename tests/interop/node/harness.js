@@ -5,6 +5,9 @@
 // temporary data directory, port 0, the chosen port read back from stderr), or, when
 // TRIBUTARY_TEST_TARGET=rabbitmq:HOST:PORT is set, points the same tests at an external
 // RabbitMQ so that the expectations themselves can be checked against the reference broker.
+// The MQTT listener's port is read the same way (`listening protocol=mqtt addr=...`) and exposed
+// as broker.mqttPort; against an external RabbitMQ it is TRIBUTARY_TEST_MQTT_PORT (unset: null,
+// and the MQTT tests skip).
 
 const { spawn, execFile } = require('node:child_process');
 const fs = require('node:fs');
@@ -16,6 +19,7 @@ const amqp = require('amqplib');
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const BIN = process.env.TRIBUTARY_BIN || path.join(REPO_ROOT, 'target', 'debug', 'tributary');
 const LISTEN_RE = /listening protocol=amqp addr=(\S+)/;
+const LISTEN_MQTT_RE = /listening protocol=mqtt addr=(\S+)/;
 const START_TIMEOUT_MS = Number(process.env.TRIBUTARY_START_TIMEOUT_MS || 20000);
 const STOP_TIMEOUT_MS = 10000;
 // Upper bound for any single awaited event in a test.
@@ -58,9 +62,10 @@ function uniqueName(prefix) {
 }
 
 class Broker {
-  constructor({ host, port, child, dataDir, tmpDir }) {
+  constructor({ host, port, mqttPort = null, child, dataDir, tmpDir }) {
     this.host = host;
     this.port = port;
+    this.mqttPort = mqttPort; // null when the broker has no MQTT listener we know of
     this.child = child || null;
     this.dataDir = dataDir || null;
     this.tmpDir = tmpDir || null;
@@ -74,6 +79,12 @@ class Broker {
 
   url({ user = 'guest', password = 'guest', vhost = '/' } = {}) {
     return `amqp://${encodeURIComponent(user)}:${encodeURIComponent(password)}@${this.host}:${this.port}/${encodeURIComponent(vhost)}`;
+  }
+
+  /** mqtt://HOST:PORT of the MQTT listener. */
+  mqttUrl() {
+    if (this.mqttPort === null) throw new Error('this broker has no known MQTT listener');
+    return `mqtt://${this.host}:${this.mqttPort}`;
   }
 
   /** Open a connection; an 'error' listener is attached so that server closes never crash the test process. */
@@ -121,7 +132,10 @@ class Broker {
 
 /** Start a broker (or describe the external one). */
 async function startBroker({ extraConfig = '' } = {}) {
-  if (EXTERNAL) return new Broker({ host: EXTERNAL.host, port: EXTERNAL.port });
+  if (EXTERNAL) {
+    const mqttPort = process.env.TRIBUTARY_TEST_MQTT_PORT ? Number(process.env.TRIBUTARY_TEST_MQTT_PORT) : null;
+    return new Broker({ host: EXTERNAL.host, port: EXTERNAL.port, mqttPort });
+  }
 
   if (!fs.existsSync(BIN)) {
     throw new Error(`broker binary ${BIN} not found: build it (cargo build -p tributary) or set TRIBUTARY_BIN`);
@@ -156,21 +170,25 @@ async function startBroker({ extraConfig = '' } = {}) {
   const broker = new Broker({ host: '127.0.0.1', port: 0, child, dataDir, tmpDir });
   broker.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 
+  // Both listeners are configured: wait for both "listening" lines (in either order).
   const addr = new Promise((resolve, reject) => {
     let found = false;
+    let amqpAddr = null;
+    let mqttAddr = null;
     child.once('error', reject);
     child.stderr.setEncoding('utf8');
     // Keep draining stderr for the broker's whole life so it never blocks on a full pipe.
     child.stderr.on('data', (chunk) => {
       broker.stderr += chunk;
-      if (broker.stderr.length > 1 << 20) broker.stderr = broker.stderr.slice(-(1 << 19));
       if (!found) {
-        const m = LISTEN_RE.exec(broker.stderr);
-        if (m) {
+        amqpAddr = amqpAddr || (LISTEN_RE.exec(broker.stderr) || [])[1] || null;
+        mqttAddr = mqttAddr || (LISTEN_MQTT_RE.exec(broker.stderr) || [])[1] || null;
+        if (amqpAddr && mqttAddr) {
           found = true;
-          resolve(m[1]);
+          resolve({ amqp: amqpAddr, mqtt: mqttAddr });
         }
       }
+      if (broker.stderr.length > 1 << 20) broker.stderr = broker.stderr.slice(-(1 << 19));
     });
     broker.exited.then(({ code, signal }) => {
       if (!found) reject(new Error(`broker exited (code ${code}, signal ${signal}) before listening`));
@@ -178,10 +196,11 @@ async function startBroker({ extraConfig = '' } = {}) {
   });
 
   try {
-    const a = await withTimeout(addr, START_TIMEOUT_MS, 'the broker to log "listening protocol=amqp"');
-    const i = a.lastIndexOf(':');
-    broker.host = a.slice(0, i).replace(/^\[|\]$/g, '');
-    broker.port = Number(a.slice(i + 1));
+    const a = await withTimeout(addr, START_TIMEOUT_MS, 'the broker to log "listening protocol=amqp" and "listening protocol=mqtt"');
+    const i = a.amqp.lastIndexOf(':');
+    broker.host = a.amqp.slice(0, i).replace(/^\[|\]$/g, '');
+    broker.port = Number(a.amqp.slice(i + 1));
+    broker.mqttPort = Number(a.mqtt.slice(a.mqtt.lastIndexOf(':') + 1));
   } catch (e) {
     e.message += `\nbroker stderr:\n${broker.stderr}`;
     await broker.stop().catch(() => {});

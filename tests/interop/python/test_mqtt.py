@@ -324,3 +324,89 @@ def test_persistent_session_keeps_messages_offline_and_across_a_crash(version):
         problems = b.finish()
         shutil.rmtree(root, ignore_errors=True)
         assert not problems, problems
+
+
+def test_v5_topic_alias_and_subscription_identifiers(mqtt_broker):
+    sub, got = client(mqtt_broker, mqtt.MQTTv5)
+    done = queue.Queue()
+    sub.on_subscribe = lambda _c, _u, mid, rcs, props=None: done.put(rcs)
+    sp = Properties(PacketTypes.SUBSCRIBE)
+    sp.SubscriptionIdentifier = 42
+    sub.subscribe("alias/#", qos=1, properties=sp)
+    done.get(timeout=WAIT)
+    pub, _ = client(mqtt_broker, mqtt.MQTTv5)
+    first = Properties(PacketTypes.PUBLISH)
+    first.TopicAlias = 3
+    pub.publish("alias/long/topic/name", b"one", qos=1, properties=first).wait_for_publish(WAIT)
+    again = Properties(PacketTypes.PUBLISH)
+    again.TopicAlias = 3
+    pub.publish("", b"two", qos=1, properties=again).wait_for_publish(WAIT)
+    m1, m2 = next_message(got), next_message(got)
+    assert [(m.topic, m.payload) for m in (m1, m2)] == [("alias/long/topic/name", b"one"),
+                                                         ("alias/long/topic/name", b"two")]
+    assert m1.properties.SubscriptionIdentifier == [42]
+    for c in (pub, sub):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_v5_payload_format_invalid_closes_with_0x99(mqtt_broker):
+    # A payload marked UTF-8 that is not: the spec lets the server answer with DISCONNECT 0x99.
+    pub, got = client(mqtt_broker, mqtt.MQTTv5)
+    props = Properties(PacketTypes.PUBLISH)
+    props.PayloadFormatIndicator = 1
+    pub.publish("pfi/x", b"\xff\xfe not utf-8", qos=1, properties=props)
+    deadline = time.monotonic() + WAIT
+    while True:
+        item = got.get(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(item, tuple):
+            assert item[0] == "disconnected" and int(item[1].value) == 0x99, item
+            break
+    pub.loop_stop()
+
+
+def test_v5_unknown_authentication_method_gets_0x8c(mqtt_broker):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    result = queue.Queue()
+    c.on_connect = lambda _c, _u, _f, rc, props=None: result.put(rc)
+    props = Properties(PacketTypes.CONNECT)
+    props.AuthenticationMethod = "SCRAM-SHA-512"
+    c.connect("127.0.0.1", mqtt_broker.mqtt_port, properties=props)
+    c.loop_start()
+    rc = result.get(timeout=WAIT)
+    assert int(rc.value) == 0x8C, rc
+    c.loop_stop()
+
+
+def test_retained_message_survives_a_restart():
+    import conftest
+    from durability_support import RestartableBroker
+
+    root = Path(tempfile.mkdtemp(prefix="tributary-mqtt-retained-"))
+    b = RestartableBroker(root)
+    assert 'mqtt = "127.0.0.1:0"' in conftest.CONFIG
+
+    def port():
+        m = b.run.wait_for(re.compile(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)"), WAIT)
+        assert m, "no MQTT listening line"
+        b.mqtt_port = int(m.group(1))
+
+    try:
+        b.start()
+        port()
+        pub, _ = client(b)
+        pub.publish("plant/valve", b"closed", qos=1, retain=True).wait_for_publish(WAIT)
+        pub.disconnect()
+        pub.loop_stop()
+        b.restart("kill")
+        port()
+        sub, got = client(b)
+        subscribe(sub, "plant/#", 1)
+        m = next_message(got)
+        assert (m.topic, m.payload, m.retain) == ("plant/valve", b"closed", True)
+        sub.disconnect()
+        sub.loop_stop()
+    finally:
+        problems = b.finish()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not problems, problems

@@ -23,6 +23,8 @@ use tributary_mqtt::{
 
 /// The exchange MQTT topics live on.
 pub const TOPIC_EXCHANGE: &str = "amq.topic";
+/// Topic aliases a client may set (v5).
+const TOPIC_ALIAS_MAXIMUM: u16 = 16;
 /// Binding argument holding a subscription's granted QoS.
 const QOS_ARG: &str = "x-mqtt-qos";
 /// Header carrying the QoS a message was published with over MQTT.
@@ -40,6 +42,7 @@ pub enum Outbound {
 pub struct Sink {
     tx: UnboundedSender<Outbound>,
     inflight: Arc<AtomicU32>,
+    limit: u32,
     live: AtomicBool,
 }
 
@@ -49,7 +52,7 @@ impl ConsumerSink for Sink {
             && self
                 .inflight
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < INFLIGHT).then_some(n + 1)
+                    (n < self.limit).then_some(n + 1)
                 })
                 .is_ok()
     }
@@ -99,6 +102,12 @@ pub struct Session {
     persistent: bool,
     inflight: Arc<AtomicU32>,
     filters: HashMap<String, QoS>,
+    /// v5 Subscription Identifiers by filter.
+    subscription_ids: HashMap<String, u32>,
+    /// v5 inbound Topic Aliases.
+    aliases: HashMap<u16, String>,
+    /// min(the client's Receive Maximum, ours): deliveries in flight.
+    receive_maximum: u32,
     /// `$share/{group}/{filter}` subscriptions: the group's queue and our consumer tag on it.
     shared: HashMap<String, (Arc<Queue>, Arc<str>)>,
     next_packet_id: u16,
@@ -135,6 +144,9 @@ impl Session {
             persistent: false,
             inflight: Arc::new(AtomicU32::new(0)),
             filters: HashMap::new(),
+            subscription_ids: HashMap::new(),
+            aliases: HashMap::new(),
+            receive_maximum: INFLIGHT,
             shared: HashMap::new(),
             next_packet_id: 0,
             outgoing: HashMap::new(),
@@ -166,9 +178,9 @@ impl Session {
             p.maximum_qos = None;
             p.retain_available = Some(true);
             p.wildcard_subscription_available = Some(true);
-            p.subscription_identifiers_available = Some(false);
+            p.subscription_identifiers_available = Some(true);
             p.shared_subscription_available = Some(true);
-            p.topic_alias_maximum = Some(0);
+            p.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         }
         Packet::ConnAck(ack)
     }
@@ -189,6 +201,13 @@ impl Session {
         } else {
             c.client_id.clone()
         };
+        if version.is_v5() && c.properties.authentication_method.is_some() {
+            // No enhanced authentication method is supported (yet).
+            return refuse(self, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        if let Some(rm) = c.properties.receive_maximum {
+            self.receive_maximum = u32::from(rm).clamp(1, INFLIGHT);
+        }
         let (user, password) = match (&c.username, &c.password) {
             (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
             (Some(u), None) => (u.clone(), String::new()),
@@ -253,6 +272,7 @@ impl Session {
         let sink = Arc::new(Sink {
             tx: self.tx.clone(),
             inflight: self.inflight.clone(),
+            limit: self.receive_maximum,
             live: AtomicBool::new(true),
         });
         q.add_consumer(
@@ -397,6 +417,31 @@ impl Session {
         )
     }
 
+    /// Sets (or, with None, clears) the retained message of a topic, in memory
+    /// and in the store, so retained messages survive a restart.
+    fn set_retained(&self, topic: &str, message: Option<Arc<Message>>) {
+        let persistence = self.broker.persistence();
+        match message {
+            Some(m) => {
+                if let Some(p) = persistence {
+                    p.put_definition(
+                        "retained",
+                        topic,
+                        &tributary_core::persist::encode_message(&m),
+                    );
+                }
+                self.retained.lock().insert(topic.to_string(), m);
+            }
+            None => {
+                if self.retained.lock().remove(topic).is_some()
+                    && let Some(p) = persistence
+                {
+                    p.delete_definition("retained", topic);
+                }
+            }
+        }
+    }
+
     fn route(&self, message: &Arc<Message>) {
         let v = vhost(&self.broker);
         let mut routed = tributary_core::Routed::default();
@@ -412,21 +457,41 @@ impl Session {
         }
     }
 
+    fn disconnect(&self, code: ReasonCode) -> End {
+        End::Close {
+            packet: self.v5().then(|| {
+                Box::new(Packet::Disconnect(tributary_mqtt::Disconnect {
+                    reason_code: code,
+                    ..Default::default()
+                }))
+            }),
+            will: true,
+        }
+    }
+
     fn publish_in(&mut self, p: Publish, out: &mut Vec<Packet>) -> End {
-        let Ok(topic) = std::str::from_utf8(&p.topic).map(str::to_string) else {
-            return End::Close {
-                packet: None,
-                will: true,
-            };
+        let Ok(mut topic) = std::str::from_utf8(&p.topic).map(str::to_string) else {
+            return self.disconnect(ReasonCode::PROTOCOL_ERROR);
         };
+        // v5 Topic Alias: set with a topic, used with an empty one.
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > TOPIC_ALIAS_MAXIMUM {
+                return self.disconnect(ReasonCode::TOPIC_ALIAS_INVALID);
+            }
+            if topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => topic = t.clone(),
+                    None => return self.disconnect(ReasonCode::PROTOCOL_ERROR),
+                }
+            } else {
+                self.aliases.insert(alias, topic.clone());
+            }
+        } else if topic.is_empty() {
+            return self.disconnect(ReasonCode::PROTOCOL_ERROR);
+        }
         let message = Self::to_message(&topic, p.qos, p.payload.clone(), Some(&p.properties));
         if p.retain {
-            let mut retained = self.retained.lock();
-            if p.payload.is_empty() {
-                retained.remove(&topic);
-            } else {
-                retained.insert(topic.clone(), message.clone());
-            }
+            self.set_retained(&topic, (!p.payload.is_empty()).then(|| message.clone()));
         }
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => self.route(&message),
@@ -490,6 +555,14 @@ impl Session {
             }
             let key = filter_to_routing_key(&sub.filter);
             let granted = sub.options.qos;
+            match s.properties.subscription_identifier {
+                Some(id) => {
+                    self.subscription_ids.insert(sub.filter.clone(), id);
+                }
+                None => {
+                    self.subscription_ids.remove(&sub.filter);
+                }
+            }
             // One binding per filter, its granted QoS in the arguments (a resumed
             // session reads its subscriptions back from them).
             self.unbind_filter(&v, &q, &key);
@@ -574,6 +647,7 @@ impl Session {
         let sink = Arc::new(Sink {
             tx: self.tx.clone(),
             inflight: self.inflight.clone(),
+            limit: self.receive_maximum,
             live: AtomicBool::new(true),
         });
         q.add_consumer(tag.clone(), self.id, 0, ConsumerOptions::default(), sink)
@@ -592,6 +666,7 @@ impl Session {
                 continue;
             }
             let existed = self.filters.remove(&f).is_some();
+            self.subscription_ids.remove(&f);
             if let Some(q) = self.queue.clone() {
                 self.unbind_filter(&v, &q, &filter_to_routing_key(&f));
             }
@@ -658,7 +733,22 @@ impl Session {
         let qos = granted.min(publish_qos(&m));
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_id());
         let properties = if self.v5() {
-            v5_properties(&m)
+            let mut p = v5_properties(&m);
+            p.subscription_identifiers = self
+                .subscription_ids
+                .iter()
+                .filter(|(f, _)| {
+                    tributary_core::topic::pattern_matches(&filter_to_routing_key(f), &key)
+                })
+                .map(|(_, id)| *id)
+                .collect();
+            p.subscription_identifiers.sort_unstable();
+            // Message Expiry Interval: what is left of it.
+            p.message_expiry_interval = d.entry.expires_at.map(|at| {
+                let left = at.saturating_sub(tributary_core::args::now_ms());
+                u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
+            });
+            p
         } else {
             Default::default()
         };
@@ -689,7 +779,7 @@ impl Session {
         {
             let m = Self::to_message(topic, w.qos, w.payload.clone(), None);
             if w.retain {
-                self.retained.lock().insert(topic.to_string(), m.clone());
+                self.set_retained(topic, Some(m.clone()));
             }
             self.route(&m);
         }
