@@ -156,6 +156,7 @@ def test_will_sent_on_abnormal_close_not_on_disconnect(mqtt_broker):
     clean.disconnect()
     clean.loop_stop()
     dying, _ = client(mqtt_broker, client_id="dying2", will=("wills/dying2", b"gone", 1))
+    dying.loop_stop()  # no automatic reconnect from paho
     dying._sock.close()  # abnormal: no DISCONNECT packet
     m = next_message(got)
     assert (m.topic, m.payload) == ("wills/dying2", b"gone")
@@ -410,3 +411,54 @@ def test_retained_message_survives_a_restart():
         problems = b.finish()
         shutil.rmtree(root, ignore_errors=True)
         assert not problems, problems
+
+
+def test_v5_no_local_and_retain_as_published(mqtt_broker):
+    me, got = client(mqtt_broker, mqtt.MQTTv5, client_id="echo")
+    done = queue.Queue()
+    me.on_subscribe = lambda _c, _u, mid, rcs, props=None: done.put(rcs)
+    me.subscribe("nl/#", options=mqtt.SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True))
+    done.get(timeout=WAIT)
+    me.publish("nl/mine", b"own", qos=1).wait_for_publish(WAIT)
+    other, _ = client(mqtt_broker, mqtt.MQTTv5)
+    other.publish("nl/theirs", b"kept", qos=1, retain=True).wait_for_publish(WAIT)
+    m = next_message(got)
+    assert (m.topic, m.payload) == ("nl/theirs", b"kept"), "our own publish came back despite No Local"
+    assert m.retain, "Retain As Published: the retain flag was not kept"
+    for c in (me, other):
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_v5_will_delay_interval(mqtt_broker):
+    sub, got = client(mqtt_broker)
+    subscribe(sub, "wd/#", 1)
+
+    def dying(client_id, delay):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        wp = Properties(PacketTypes.WILLMESSAGE)
+        wp.WillDelayInterval = delay
+        c.will_set(f"wd/{client_id}", b"gone", qos=1, properties=wp)
+        ok = queue.Queue()
+        c.on_connect = lambda _c, _u, _f, rc, props=None: ok.put(rc)
+        c.connect("127.0.0.1", mqtt_broker.mqtt_port, keepalive=30)
+        c.loop_start()
+        assert not ok.get(timeout=WAIT).is_failure
+        return c
+
+    # Comes back within the delay: no will.
+    back = dying("returns", 2)
+    back.loop_stop()  # no automatic reconnect from paho: we reconnect ourselves below
+    back._sock.close()
+    again, _ = client(mqtt_broker, mqtt.MQTTv5, client_id="returns", clean=False)
+    # Does not come back: the will arrives, and not before its delay.
+    gone = dying("leaves", 1)
+    gone.loop_stop()  # it must stay away (paho would reconnect on its own)
+    t0 = time.monotonic()
+    gone._sock.close()
+    m = next_message(got)
+    assert (m.topic, m.payload) == ("wd/leaves", b"gone"), f"unexpected will {m.topic}"
+    assert time.monotonic() - t0 >= 0.9, "the will came before its delay"
+    for c in (sub, again):
+        c.disconnect()
+        c.loop_stop()

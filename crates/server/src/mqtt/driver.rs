@@ -6,7 +6,6 @@ use super::Registry;
 use super::session::{End, Outbound, Session};
 use crate::users::UserDb;
 use bytes::BytesMut;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tributary_core::{Broker, Message};
+use tributary_core::Broker;
 use tributary_mqtt::{
     Disconnect, Packet, ProtocolVersion, ReasonCode, decode, encode, peek_connect_version,
 };
@@ -33,7 +32,7 @@ pub struct MqttContext {
     /// Client ids in use, for takeover.
     pub registry: Registry,
     /// Retained messages by topic (in memory for now).
-    pub retained: Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>,
+    pub retained: super::session::RetainedMap,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
 }
@@ -161,12 +160,17 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
                     Ok(_) => {}
                 }
             }
-            Some(Outbound::Deliver(d)) = rx.recv() => {
+            Some(first) = rx.recv() => {
                 if let Some(v) = session.version {
-                    session.deliver(d, &mut packets);
-                    while let Ok(Outbound::Deliver(d)) = rx.try_recv() {
-                        session.deliver(d, &mut packets);
-                        if packets.len() >= 256 { break; }
+                    let mut next = Some(first);
+                    while let Some(item) = next.take() {
+                        match item {
+                            Outbound::Deliver(d) => session.deliver(d, &mut packets),
+                            Outbound::Send(p) => packets.push(*p),
+                        }
+                        if packets.len() < 256 {
+                            next = rx.try_recv().ok();
+                        }
                     }
                     write(&mut outbuf, &mut packets, v);
                 }
@@ -181,8 +185,19 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
             }
         }
     }
-    if publish_will {
-        session.publish_will();
+    if publish_will && let Some(will) = session.take_will() {
+        if will.delay == 0 {
+            will.publish(&ctx.broker, &ctx.retained);
+        } else {
+            // v5 Will Delay Interval: published unless the client is back in time.
+            let (ctx, client_id, conn) = (ctx.clone(), session.client_id.clone(), session.id);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(will.delay))).await;
+                if !ctx.registry.is_connected_elsewhere(&client_id, conn) {
+                    will.publish(&ctx.broker, &ctx.retained);
+                }
+            });
+        }
     }
     session.close();
     if !session.client_id.is_empty() {
@@ -193,8 +208,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
     }
     let _ = wr.shutdown().await;
     rx.close();
-    while let Ok(Outbound::Deliver(d)) = rx.try_recv() {
-        d.queue.return_undelivered(vec![d.entry], true);
+    while let Ok(item) = rx.try_recv() {
+        if let Outbound::Deliver(d) = item {
+            d.queue.return_undelivered(vec![d.entry], true);
+        }
     }
     tracing::info!(peer = %peer, client_id = %session.client_id, "MQTT connection closed");
 }

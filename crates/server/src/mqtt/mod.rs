@@ -31,6 +31,14 @@ impl Registry {
         rx
     }
 
+    /// True when another connection than `conn` holds `client_id` now.
+    pub fn is_connected_elsewhere(&self, client_id: &str, conn: u64) -> bool {
+        self.clients
+            .lock()
+            .get(client_id)
+            .is_some_and(|(c, _)| *c != conn)
+    }
+
     /// Removes `conn`'s registration if it still holds `client_id`.
     pub fn release(&self, client_id: &str, conn: u64) {
         let mut clients = self.clients.lock();

@@ -27,6 +27,10 @@ pub const TOPIC_EXCHANGE: &str = "amq.topic";
 const TOPIC_ALIAS_MAXIMUM: u16 = 16;
 /// Binding argument holding a subscription's granted QoS.
 const QOS_ARG: &str = "x-mqtt-qos";
+/// Header naming the MQTT client that published a message (for No Local).
+const PUBLISHER_HEADER: &str = "x-mqtt-publisher";
+/// Header set on messages published with the retain flag (for Retain As Published).
+const RETAIN_HEADER: &str = "x-mqtt-retain";
 /// Header carrying the QoS a message was published with over MQTT.
 const QOS_HEADER: &str = "x-mqtt-publish-qos";
 /// Deliveries in flight to one client before the queue waits (Receive Maximum).
@@ -36,6 +40,8 @@ const INFLIGHT: u32 = 64;
 pub enum Outbound {
     /// A message for the client.
     Deliver(Delivery),
+    /// A PUBACK/PUBREC whose message is now on disk.
+    Send(Box<Packet>),
 }
 
 /// The MQTT side of the client's queue consumer.
@@ -58,11 +64,16 @@ impl ConsumerSink for Sink {
     }
 
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
-        self.tx.send(Outbound::Deliver(delivery)).map_err(|e| {
-            self.inflight.fetch_sub(1, Ordering::AcqRel);
-            let Outbound::Deliver(d) = e.0;
-            d
-        })
+        match self.tx.send(Outbound::Deliver(delivery)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.inflight.fetch_sub(1, Ordering::AcqRel);
+                match e.0 {
+                    Outbound::Deliver(d) => Err(d),
+                    Outbound::Send(_) => Ok(()),
+                }
+            }
+        }
     }
 
     fn cancelled(&self) {
@@ -102,6 +113,8 @@ pub struct Session {
     persistent: bool,
     inflight: Arc<AtomicU32>,
     filters: HashMap<String, QoS>,
+    /// v5 No Local / Retain As Published by filter.
+    sub_flags: HashMap<String, (bool, bool)>,
     /// v5 Subscription Identifiers by filter.
     subscription_ids: HashMap<String, u32>,
     /// v5 inbound Topic Aliases.
@@ -113,7 +126,7 @@ pub struct Session {
     next_packet_id: u16,
     outgoing: HashMap<u16, (Arc<Queue>, Entry)>,
     incoming_qos2: HashSet<u16>,
-    retained: Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>,
+    retained: RetainedMap,
     tx: UnboundedSender<Outbound>,
 }
 
@@ -126,7 +139,7 @@ impl Session {
     pub fn new(
         broker: Arc<Broker>,
         users: Arc<UserDb>,
-        retained: Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>,
+        retained: RetainedMap,
         peer: SocketAddr,
         tx: UnboundedSender<Outbound>,
     ) -> Self {
@@ -145,6 +158,7 @@ impl Session {
             inflight: Arc::new(AtomicU32::new(0)),
             filters: HashMap::new(),
             subscription_ids: HashMap::new(),
+            sub_flags: HashMap::new(),
             aliases: HashMap::new(),
             receive_maximum: INFLIGHT,
             shared: HashMap::new(),
@@ -374,9 +388,18 @@ impl Session {
         qos: QoS,
         payload: Bytes,
         retain_props: Option<&tributary_mqtt::PublishProperties>,
+        retain: bool,
+        publisher: &str,
     ) -> Arc<Message> {
         let mut headers = Table::default();
         headers.insert(QOS_HEADER, Value::U8(qos as u8));
+        headers.insert(
+            PUBLISHER_HEADER,
+            Value::LongStr(Bytes::copy_from_slice(publisher.as_bytes())),
+        );
+        if retain {
+            headers.insert(RETAIN_HEADER, Value::Bool(true));
+        }
         let mut properties = Properties {
             delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
             headers: Some(headers),
@@ -417,43 +440,26 @@ impl Session {
         )
     }
 
-    /// Sets (or, with None, clears) the retained message of a topic, in memory
-    /// and in the store, so retained messages survive a restart.
     fn set_retained(&self, topic: &str, message: Option<Arc<Message>>) {
-        let persistence = self.broker.persistence();
-        match message {
-            Some(m) => {
-                if let Some(p) = persistence {
-                    p.put_definition(
-                        "retained",
-                        topic,
-                        &tributary_core::persist::encode_message(&m),
-                    );
-                }
-                self.retained.lock().insert(topic.to_string(), m);
-            }
-            None => {
-                if self.retained.lock().remove(topic).is_some()
-                    && let Some(p) = persistence
-                {
-                    p.delete_definition("retained", topic);
-                }
-            }
-        }
+        set_retained(&self.broker, &self.retained, topic, message);
     }
 
     fn route(&self, message: &Arc<Message>) {
-        let v = vhost(&self.broker);
-        let mut routed = tributary_core::Routed::default();
-        if v.route(
-            TOPIC_EXCHANGE,
-            &message.routing_key,
-            &message.properties,
-            &mut routed,
-        )
-        .is_ok()
-        {
-            v.enqueue(message, &routed.queues);
+        route(&self.broker, message);
+    }
+
+    /// Sends a PUBACK/PUBREC only once everything the publish wrote is fsynced
+    /// (a message to a persistent session survives kill -9 once acknowledged).
+    /// Every ack takes this path, so acks keep the order of their publishes.
+    fn ack_when_durable(&self, ack: Packet, out: &mut Vec<Packet>) {
+        match self.broker.persistence() {
+            Some(p) => {
+                let tx = self.tx.clone();
+                p.when_durable(Box::new(move || {
+                    let _ = tx.send(Outbound::Send(Box::new(ack)));
+                }));
+            }
+            None => out.push(ack),
         }
     }
 
@@ -489,7 +495,14 @@ impl Session {
         } else if topic.is_empty() {
             return self.disconnect(ReasonCode::PROTOCOL_ERROR);
         }
-        let message = Self::to_message(&topic, p.qos, p.payload.clone(), Some(&p.properties));
+        let message = Self::to_message(
+            &topic,
+            p.qos,
+            p.payload.clone(),
+            Some(&p.properties),
+            p.retain,
+            &self.client_id,
+        );
         if p.retain {
             self.set_retained(&topic, (!p.payload.is_empty()).then(|| message.clone()));
         }
@@ -497,20 +510,26 @@ impl Session {
             (QoS::AtMostOnce, _) => self.route(&message),
             (QoS::AtLeastOnce, Some(id)) => {
                 self.route(&message);
-                out.push(Packet::PubAck(PubAckLike {
-                    packet_id: id,
-                    ..Default::default()
-                }));
+                self.ack_when_durable(
+                    Packet::PubAck(PubAckLike {
+                        packet_id: id,
+                        ..Default::default()
+                    }),
+                    out,
+                );
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 // Exactly once: a DUP re-send of a packet id not yet released is not routed again.
                 if self.incoming_qos2.insert(id) {
                     self.route(&message);
                 }
-                out.push(Packet::PubRec(PubAckLike {
-                    packet_id: id,
-                    ..Default::default()
-                }));
+                self.ack_when_durable(
+                    Packet::PubRec(PubAckLike {
+                        packet_id: id,
+                        ..Default::default()
+                    }),
+                    out,
+                );
             }
             _ => {
                 return End::Close {
@@ -555,6 +574,10 @@ impl Session {
             }
             let key = filter_to_routing_key(&sub.filter);
             let granted = sub.options.qos;
+            self.sub_flags.insert(
+                sub.filter.clone(),
+                (sub.options.no_local, sub.options.retain_as_published),
+            );
             match s.properties.subscription_identifier {
                 Some(id) => {
                     self.subscription_ids.insert(sub.filter.clone(), id);
@@ -667,6 +690,7 @@ impl Session {
             }
             let existed = self.filters.remove(&f).is_some();
             self.subscription_ids.remove(&f);
+            self.sub_flags.remove(&f);
             if let Some(q) = self.queue.clone() {
                 self.unbind_filter(&v, &q, &filter_to_routing_key(&f));
             }
@@ -721,6 +745,30 @@ impl Session {
     pub fn deliver(&mut self, d: Delivery, out: &mut Vec<Packet>) {
         let m = d.entry.message.clone();
         let key = String::from_utf8_lossy(&m.routing_key).into_owned();
+        let header = |name: &str| {
+            m.properties
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name).cloned())
+        };
+        let own = header(PUBLISHER_HEADER).as_ref().and_then(Value::as_str)
+            == Some(self.client_id.as_str());
+        let matching: Vec<&String> = self
+            .filters
+            .keys()
+            .filter(|f| tributary_core::topic::pattern_matches(&filter_to_routing_key(f), &key))
+            .collect();
+        let flags = |f: &String| self.sub_flags.get(f).copied().unwrap_or((false, false));
+        // v5 No Local: our own publish is not sent back when every matching subscription says so.
+        if own && !matching.is_empty() && matching.iter().all(|f| flags(f).0) {
+            d.queue.settle(&d.entry);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            d.queue.dispatch();
+            return;
+        }
+        // v5 Retain As Published: keep the publisher's retain flag.
+        let retain = matches!(header(RETAIN_HEADER), Some(Value::Bool(true)))
+            && matching.iter().any(|f| flags(f).1);
         let granted = self
             .filters
             .iter()
@@ -755,7 +803,7 @@ impl Session {
         out.push(Packet::Publish(Publish {
             dup: d.entry.redelivered,
             qos,
-            retain: false,
+            retain,
             topic: Bytes::from(routing_key_to_topic(&key)),
             packet_id,
             properties,
@@ -773,16 +821,37 @@ impl Session {
     }
 
     /// The will message, when the connection ends without a clean DISCONNECT.
-    pub fn publish_will(&mut self) {
-        if let Some(w) = self.will.take()
-            && let Ok(topic) = std::str::from_utf8(&w.topic)
-        {
-            let m = Self::to_message(topic, w.qos, w.payload.clone(), None);
-            if w.retain {
-                self.set_retained(topic, Some(m.clone()));
-            }
-            self.route(&m);
-        }
+    pub fn take_will(&mut self) -> Option<PendingWill> {
+        let w = self.will.take()?;
+        let topic = std::str::from_utf8(&w.topic).ok()?.to_string();
+        let wp = &w.properties;
+        let props = tributary_mqtt::PublishProperties {
+            payload_format_indicator: wp.payload_format_indicator,
+            message_expiry_interval: wp.message_expiry_interval,
+            content_type: wp.content_type.clone(),
+            response_topic: wp.response_topic.clone(),
+            correlation_data: wp.correlation_data.clone(),
+            user_properties: wp.user_properties.clone(),
+            ..Default::default()
+        };
+        let message = Self::to_message(
+            &topic,
+            w.qos,
+            w.payload.clone(),
+            Some(&props),
+            w.retain,
+            &self.client_id,
+        );
+        Some(PendingWill {
+            message,
+            topic,
+            retain: w.retain,
+            delay: if self.v5() {
+                wp.will_delay_interval.unwrap_or(0)
+            } else {
+                0
+            },
+        })
     }
 
     /// Releases everything: in-flight deliveries go back to the queue, the
@@ -849,5 +918,76 @@ fn publish_qos(m: &Message) -> QoS {
         // From AMQP: persistent messages are QoS 1, others QoS 0 (RabbitMQ 4).
         None if m.properties.is_persistent() => QoS::AtLeastOnce,
         None => QoS::AtMostOnce,
+    }
+}
+
+/// Retained messages by topic, shared by every MQTT connection.
+pub type RetainedMap = Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>;
+
+/// Sets (or, with None, clears) the retained message of a topic, in memory
+/// and in the store, so retained messages survive a restart.
+pub fn set_retained(
+    broker: &Broker,
+    retained: &RetainedMap,
+    topic: &str,
+    message: Option<Arc<Message>>,
+) {
+    let persistence = broker.persistence();
+    match message {
+        Some(m) => {
+            if let Some(p) = persistence {
+                p.put_definition(
+                    "retained",
+                    topic,
+                    &tributary_core::persist::encode_message(&m),
+                );
+            }
+            retained.lock().insert(topic.to_string(), m);
+        }
+        None => {
+            if retained.lock().remove(topic).is_some()
+                && let Some(p) = persistence
+            {
+                p.delete_definition("retained", topic);
+            }
+        }
+    }
+}
+
+/// Routes an MQTT-originated message through `amq.topic`.
+pub fn route(broker: &Broker, message: &Arc<Message>) {
+    let v = vhost(broker);
+    let mut routed = tributary_core::Routed::default();
+    if v.route(
+        TOPIC_EXCHANGE,
+        &message.routing_key,
+        &message.properties,
+        &mut routed,
+    )
+    .is_ok()
+    {
+        v.enqueue(message, &routed.queues);
+    }
+}
+
+/// A will to publish, possibly after its v5 Will Delay Interval.
+pub struct PendingWill {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Its topic.
+    pub topic: String,
+    /// Retain it too.
+    pub retain: bool,
+    /// Seconds to wait first (0: at once).
+    pub delay: u32,
+}
+
+impl PendingWill {
+    /// Publishes the will now.
+    pub fn publish(self, broker: &Broker, retained: &RetainedMap) {
+        if self.retain {
+            set_retained(broker, retained, &self.topic, Some(self.message.clone()));
+        }
+        route(broker, &self.message);
     }
 }
