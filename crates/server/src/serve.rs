@@ -79,7 +79,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
                 crate::persistence::retained_messages(&store),
             )),
             shutdown: shutdown.clone(),
+            received: Default::default(),
         });
+        tracker.spawn(crate::mqtt::sys::run(ctx.clone()));
         let (t, s) = (tracker.clone(), shutdown.clone());
         tracker.spawn(async move {
             loop {

@@ -462,3 +462,24 @@ def test_v5_will_delay_interval(mqtt_broker):
     for c in (sub, again):
         c.disconnect()
         c.loop_stop()
+
+
+def test_sys_topics_only_for_explicit_subscriptions(mqtt_broker):
+    everything, got_all = client(mqtt_broker)
+    subscribe(everything, "#", 0)
+    sys_sub, got_sys = client(mqtt_broker)
+    subscribe(sys_sub, "$SYS/broker/#", 0)
+    # $SYS values are retained: the explicit subscriber gets them at once.
+    seen = {}
+    while "$SYS/broker/version" not in seen or "$SYS/broker/clients/connected" not in seen:
+        m = next_message(got_sys)
+        seen[m.topic] = m.payload
+    assert seen["$SYS/broker/version"].startswith(b"tributary ")
+    assert int(seen["$SYS/broker/clients/connected"]) >= 0  # refreshed every 10 s
+    # '#' does not match $ topics: a normal publish is the first thing it sees.
+    pub, _ = client(mqtt_broker)
+    pub.publish("plain/topic", b"x", qos=0).wait_for_publish(WAIT)
+    assert next_message(got_all).topic == "plain/topic"
+    for c in (everything, sys_sub, pub):
+        c.disconnect()
+        c.loop_stop()

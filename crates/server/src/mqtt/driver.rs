@@ -35,6 +35,8 @@ pub struct MqttContext {
     pub retained: super::session::RetainedMap,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// PUBLISH packets received, for `$SYS/broker/messages/received`.
+    pub received: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion) {
@@ -54,6 +56,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
         ctx.broker.clone(),
         ctx.users.clone(),
         ctx.retained.clone(),
+        ctx.received.clone(),
         peer,
         tx,
     );

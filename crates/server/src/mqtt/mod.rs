@@ -5,6 +5,7 @@
 
 pub mod driver;
 mod session;
+pub mod sys;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -29,6 +30,11 @@ impl Registry {
             let _ = old.send(());
         }
         rx
+    }
+
+    /// How many clients are connected.
+    pub fn connected(&self) -> usize {
+        self.clients.lock().len()
     }
 
     /// True when another connection than `conn` holds `client_id` now.

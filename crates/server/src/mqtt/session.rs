@@ -127,6 +127,7 @@ pub struct Session {
     outgoing: HashMap<u16, (Arc<Queue>, Entry)>,
     incoming_qos2: HashSet<u16>,
     retained: RetainedMap,
+    received: Arc<std::sync::atomic::AtomicU64>,
     tx: UnboundedSender<Outbound>,
 }
 
@@ -140,6 +141,7 @@ impl Session {
         broker: Arc<Broker>,
         users: Arc<UserDb>,
         retained: RetainedMap,
+        received: Arc<std::sync::atomic::AtomicU64>,
         peer: SocketAddr,
         tx: UnboundedSender<Outbound>,
     ) -> Self {
@@ -166,6 +168,7 @@ impl Session {
             outgoing: HashMap::new(),
             incoming_qos2: HashSet::new(),
             retained,
+            received,
             tx,
         }
     }
@@ -476,6 +479,7 @@ impl Session {
     }
 
     fn publish_in(&mut self, p: Publish, out: &mut Vec<Packet>) -> End {
+        self.received.fetch_add(1, Ordering::Relaxed);
         let Ok(mut topic) = std::str::from_utf8(&p.topic).map(str::to_string) else {
             return self.disconnect(ReasonCode::PROTOCOL_ERROR);
         };
@@ -610,7 +614,7 @@ impl Session {
             }
             for (topic, m) in self.retained.lock().iter() {
                 if tributary_core::topic::pattern_matches(&key, &topic_to_routing_key(topic))
-                    && !topic.starts_with('$')
+                    && filter_sees(&sub.filter, topic)
                 {
                     retained_out.push((topic.clone(), m.clone(), granted));
                 }
@@ -753,14 +757,23 @@ impl Session {
         };
         let own = header(PUBLISHER_HEADER).as_ref().and_then(Value::as_str)
             == Some(self.client_id.as_str());
+        let topic = routing_key_to_topic(&key);
         let matching: Vec<&String> = self
             .filters
             .keys()
             .filter(|f| tributary_core::topic::pattern_matches(&filter_to_routing_key(f), &key))
+            .filter(|f| filter_sees(f, &topic))
             .collect();
+        if matching.is_empty() {
+            // Only wildcard filters matched a `$` topic: not for them (MQTT 4.7.2).
+            d.queue.settle(&d.entry);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            d.queue.dispatch();
+            return;
+        }
         let flags = |f: &String| self.sub_flags.get(f).copied().unwrap_or((false, false));
         // v5 No Local: our own publish is not sent back when every matching subscription says so.
-        if own && !matching.is_empty() && matching.iter().all(|f| flags(f).0) {
+        if own && matching.iter().all(|f| flags(f).0) {
             d.queue.settle(&d.entry);
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             d.queue.dispatch();
@@ -990,4 +1003,10 @@ impl PendingWill {
         }
         route(broker, &self.message);
     }
+}
+
+/// MQTT 4.7.2: topics starting with `$` (such as `$SYS/...`) are not matched
+/// by a filter whose first level is a wildcard.
+fn filter_sees(filter: &str, topic: &str) -> bool {
+    !(topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')))
 }

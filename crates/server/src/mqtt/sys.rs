@@ -1,0 +1,70 @@
+//! `$SYS/broker/...` topics, as Mosquitto publishes them: broker statistics
+//! as retained messages, refreshed every few seconds, for MQTT clients that
+//! subscribe to them explicitly (`$` topics are not matched by a leading
+//! wildcard).
+
+use super::driver::MqttContext;
+use super::session::route;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tributary_core::{Message, Properties};
+use tributary_mqtt::topic::topic_to_routing_key;
+
+/// How often `$SYS` is refreshed (Mosquitto's `sys_interval` defaults to 10 s).
+pub const SYS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Publishes the `$SYS` topics until shutdown.
+pub async fn run(ctx: Arc<MqttContext>) {
+    let started = Instant::now();
+    let mut every = tokio::time::interval(SYS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = every.tick() => publish_all(&ctx, started),
+        }
+    }
+}
+
+fn publish_all(ctx: &MqttContext, started: Instant) {
+    let retained_count = ctx.retained.lock().len();
+    let stats = [
+        (
+            "$SYS/broker/version",
+            format!("tributary {}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "$SYS/broker/uptime",
+            format!("{} seconds", started.elapsed().as_secs()),
+        ),
+        (
+            "$SYS/broker/clients/connected",
+            ctx.registry.connected().to_string(),
+        ),
+        (
+            "$SYS/broker/messages/received",
+            ctx.received.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "$SYS/broker/retained messages/count",
+            retained_count.to_string(),
+        ),
+    ];
+    for (topic, value) in stats {
+        let message = Message::new(
+            Bytes::from_static(b"amq.topic"),
+            Bytes::from(topic_to_routing_key(topic)),
+            Properties {
+                delivery_mode: Some(1),
+                ..Default::default()
+            },
+            Bytes::from(value),
+        );
+        // Kept in memory only: statistics are rebuilt after a restart.
+        ctx.retained
+            .lock()
+            .insert(topic.to_string(), message.clone());
+        route(&ctx.broker, &message);
+    }
+}
