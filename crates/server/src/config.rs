@@ -80,6 +80,9 @@ pub struct Listeners {
     pub amqp: String,
     /// MQTT over TCP (Mosquitto's default: 1883). Empty string disables it.
     pub mqtt: String,
+    /// HTTP (RabbitMQ's management port, 15672): MQTT over WebSocket at `/mqtt`.
+    /// Empty string disables it.
+    pub http: String,
 }
 
 impl Default for Listeners {
@@ -87,6 +90,7 @@ impl Default for Listeners {
         Listeners {
             amqp: "127.0.0.1:5672".into(),
             mqtt: "127.0.0.1:1883".into(),
+            http: "127.0.0.1:15672".into(),
         }
     }
 }
@@ -229,6 +233,15 @@ impl Config {
                 ),
             ));
         }
+        if !self.listeners.http.is_empty() && self.listeners.http.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "listeners.http",
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:15672",
+                    self.listeners.http
+                ),
+            ));
+        }
         if self.amqp.frame_max < 4096 {
             return Err(bad(
                 "amqp.frame_max",
@@ -248,6 +261,11 @@ impl Config {
             return Err(bad("log.level", e.to_string()));
         }
         Ok(())
+    }
+
+    /// The HTTP listener address, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listeners.http.parse().ok()
     }
 
     /// The MQTT listener address, if enabled.

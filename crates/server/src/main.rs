@@ -2,6 +2,7 @@
 
 mod amqp;
 mod config;
+mod http;
 mod mqtt;
 mod persistence;
 mod serve;

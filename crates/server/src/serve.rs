@@ -82,6 +82,13 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             received: Default::default(),
         });
         tracker.spawn(crate::mqtt::sys::run(ctx.clone()));
+        if let Some(http) = config.http_addr() {
+            let listener = TcpListener::bind(http)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {http} (listeners.http)"))?;
+            tracing::info!("listening protocol=http addr={}", listener.local_addr()?);
+            tracker.spawn(crate::http::serve(listener, ctx.clone(), shutdown.clone()));
+        }
         let (t, s) = (tracker.clone(), shutdown.clone());
         tracker.spawn(async move {
             loop {

@@ -150,6 +150,7 @@ async function startBroker({ extraConfig = '' } = {}) {
       '[listeners]',
       'amqp = "127.0.0.1:0"',
       'mqtt = "127.0.0.1:0"',
+      'http = "127.0.0.1:0"',
       '',
       '[amqp]',
       'heartbeat = 60',

@@ -33,6 +33,7 @@ CONFIG = """\
 [listeners]
 amqp = "127.0.0.1:0"
 mqtt = "127.0.0.1:0"
+http = "127.0.0.1:0"
 
 [amqp]
 heartbeat = 60

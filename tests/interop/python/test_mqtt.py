@@ -483,3 +483,28 @@ def test_sys_topics_only_for_explicit_subscriptions(mqtt_broker):
     for c in (everything, sys_sub, pub):
         c.disconnect()
         c.loop_stop()
+
+
+def test_mqtt_over_websocket(mqtt_broker):
+    deadline = time.monotonic() + WAIT
+    while not (m := re.search(r"listening protocol=http addr=127\.0\.0\.1:(\d+)", mqtt_broker.log_text())):
+        assert time.monotonic() < deadline, "no `listening protocol=http` line"
+        time.sleep(0.02)  # polling the log for the line, bounded
+    http_port = int(m.group(1))
+    ws = mqtt.Client(CallbackAPIVersion.VERSION2, transport="websockets", protocol=mqtt.MQTTv311)
+    ws.ws_set_options(path="/mqtt")
+    got: queue.Queue = queue.Queue()
+    ws.on_message = lambda _c, _u, msg: got.put(msg)
+    ok = queue.Queue()
+    ws.on_connect = lambda _c, _u, _f, rc, props=None: ok.put(rc)
+    ws.connect("127.0.0.1", http_port, keepalive=30)
+    ws.loop_start()
+    assert not ok.get(timeout=WAIT).is_failure
+    subscribe(ws, "ws/#", 1)
+    tcp, _ = client(mqtt_broker)
+    tcp.publish("ws/hello", b"over websocket", qos=1).wait_for_publish(WAIT)
+    m = next_message(got)
+    assert (m.topic, m.payload) == ("ws/hello", b"over websocket")
+    for c in (ws, tcp):
+        c.disconnect()
+        c.loop_stop()

@@ -50,7 +50,15 @@ fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion
 /// Runs one connection to its end.
 pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    serve(stream, peer, ctx).await;
+}
+
+/// Runs one connection over any byte stream (TCP, or a WebSocket bridged to bytes).
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<MqttContext>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
     let mut session = Session::new(
         ctx.broker.clone(),

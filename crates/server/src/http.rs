@@ -1,0 +1,83 @@
+//! The HTTP listener (default 127.0.0.1:15672, RabbitMQ's management port):
+//! MQTT over WebSocket at `/mqtt` (subprotocol `mqtt`) for now; the
+//! management API and metrics will live here too.
+
+use crate::mqtt::driver::{self as mqtt_driver, MqttContext};
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes buffered between a WebSocket and the MQTT driver in each direction.
+const BRIDGE_BUFFER: usize = 256 * 1024;
+
+/// Serves HTTP until shutdown.
+pub async fn serve(listener: TcpListener, mqtt: Arc<MqttContext>, shutdown: CancellationToken) {
+    let app = Router::new().route("/mqtt", get(mqtt_ws)).with_state(mqtt);
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "the HTTP listener failed");
+    }
+}
+
+async fn mqtt_ws(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(ctx): State<Arc<MqttContext>>,
+) -> Response {
+    // MQTT over WebSocket: the `mqtt` subprotocol, binary frames carrying a byte stream.
+    ws.protocols(["mqtt"])
+        .on_upgrade(move |socket| bridge(socket, peer, ctx))
+}
+
+/// Runs the ordinary MQTT driver on one end of an in-memory pipe and moves
+/// bytes between the other end and the WebSocket's binary frames.
+async fn bridge(socket: WebSocket, peer: SocketAddr, ctx: Arc<MqttContext>) {
+    let (driver_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
+    let driver = tokio::spawn(mqtt_driver::serve(driver_side, peer, ctx));
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut pipe_rd, mut pipe_wr) = tokio::io::split(bridge_side);
+    let inbound = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let bytes = match msg {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if pipe_wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = pipe_wr.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match pipe_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    };
+    tokio::join!(inbound, outbound);
+    let _ = driver.await;
+}
