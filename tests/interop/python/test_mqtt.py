@@ -441,7 +441,10 @@ def test_v5_will_delay_interval(mqtt_broker):
         c.will_set(f"wd/{client_id}", b"gone", qos=1, properties=wp)
         ok = queue.Queue()
         c.on_connect = lambda _c, _u, _f, rc, props=None: ok.put(rc)
-        c.connect("127.0.0.1", mqtt_broker.mqtt_port, keepalive=30)
+        # The will waits for its delay only while the session lives (expiry above it).
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 60
+        c.connect("127.0.0.1", mqtt_broker.mqtt_port, keepalive=30, properties=props)
         c.loop_start()
         assert not ok.get(timeout=WAIT).is_failure
         return c
@@ -508,3 +511,40 @@ def test_mqtt_over_websocket(mqtt_broker):
     for c in (ws, tcp):
         c.disconnect()
         c.loop_stop()
+
+
+def test_v311_empty_client_id_with_persistent_session_gets_0x02(mqtt_broker):
+    s = socket.create_connection(("127.0.0.1", mqtt_broker.mqtt_port), timeout=WAIT)
+    # CONNECT 3.1.1, clean session 0, keep alive 30, empty client id.
+    body = b"\x00\x04MQTT\x04\x00\x00\x1e" + b"\x00\x00"
+    s.sendall(bytes([0x10, len(body)]) + body)
+    assert s.recv(4) == b"\x20\x02\x00\x02", "expected CONNACK with return code 2 (identifier rejected)"
+    s.close()
+
+
+def test_v5_session_expiry_alone_makes_the_session_persistent(mqtt_broker):
+    def connect(clean):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="expiring", protocol=mqtt.MQTTv5)
+        got: queue.Queue = queue.Queue()
+        c.on_message = lambda _c, _u, msg: got.put(msg)
+        acks: queue.Queue = queue.Queue()
+        c.on_connect = lambda _c, _u, flags, rc, props=None: acks.put(flags.session_present)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        c.connect("127.0.0.1", mqtt_broker.mqtt_port, clean_start=clean, properties=props)
+        c.loop_start()
+        return c, got, acks.get(timeout=WAIT)
+
+    c, _, present = connect(True)
+    assert not present
+    subscribe(c, "exp/#", 1)
+    c.disconnect()
+    c.loop_stop()
+    pub, _ = client(mqtt_broker)
+    pub.publish("exp/a", b"while away", qos=1).wait_for_publish(WAIT)
+    c, got, present = connect(False)
+    assert present, "a session with an expiry interval was not kept"
+    assert next_message(got).payload == b"while away"
+    for x in (c, pub):
+        x.disconnect()
+        x.loop_stop()

@@ -79,6 +79,12 @@ where
         // Decode everything buffered.
         loop {
             let version = session.version;
+            // Before decode consumes it: a refused CONNECT is answered in its own version.
+            let connect_version = if version.is_none() {
+                peek_connect_version(&inbuf)
+            } else {
+                None
+            };
             match decode(&mut inbuf, version, MAX_PACKET_SIZE) {
                 Ok(None) => break,
                 Ok(Some(Packet::Connect(c))) => {
@@ -118,7 +124,7 @@ where
                         Some(_) => {}
                         None => {
                             // A refused CONNECT is answered in the client's own version when known.
-                            if let Some(v) = peek_connect_version(&inbuf) {
+                            if let Some(v) = connect_version {
                                 let code = if v.is_v5() {
                                     Some(e.reason_code())
                                 } else {

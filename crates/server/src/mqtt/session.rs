@@ -29,6 +29,8 @@ const TOPIC_ALIAS_MAXIMUM: u16 = 16;
 const QOS_ARG: &str = "x-mqtt-qos";
 /// Header naming the MQTT client that published a message (for No Local).
 const PUBLISHER_HEADER: &str = "x-mqtt-publisher";
+/// Header set on messages whose v5 Payload Format Indicator said UTF-8 (forwarded as is).
+const PAYLOAD_FORMAT_HEADER: &str = "x-mqtt-payload-format";
 /// Header set on messages published with the retain flag (for Retain As Published).
 const RETAIN_HEADER: &str = "x-mqtt-retain";
 /// Header carrying the QoS a message was published with over MQTT.
@@ -111,6 +113,8 @@ pub struct Session {
     /// Clean session 0 (3.x) / clean start 0 with a session expiry (5): the
     /// session's queue is durable and outlives the connection (and restarts).
     persistent: bool,
+    /// v5 Session Expiry Interval in seconds (3.x: 0 or forever).
+    session_expiry: u32,
     inflight: Arc<AtomicU32>,
     filters: HashMap<String, QoS>,
     /// v5 No Local / Retain As Published by filter.
@@ -157,6 +161,7 @@ impl Session {
             queue: None,
             sink: None,
             persistent: false,
+            session_expiry: 0,
             inflight: Arc::new(AtomicU32::new(0)),
             filters: HashMap::new(),
             subscription_ids: HashMap::new(),
@@ -238,13 +243,29 @@ impl Session {
         self.client_id = client_id;
         self.keep_alive = c.keep_alive;
         self.will = c.will;
-        self.persistent = !c.clean_start
-            && (!version.is_v5() || c.properties.session_expiry_interval.is_some_and(|e| e > 0));
+        // The session outlives the connection: 3.x clean session 0; v5 a Session
+        // Expiry Interval above 0 (whatever clean start says). Clean start / clean
+        // session 1 discards a stored session first.
+        let expiry = c.properties.session_expiry_interval.unwrap_or(0);
+        self.session_expiry = if version.is_v5() {
+            expiry
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        self.persistent = if version.is_v5() {
+            expiry > 0
+        } else {
+            !c.clean_start
+        };
         let v = vhost(&self.broker);
         let stored = v.queue(&self.persistent_queue_name(), self.id).ok();
         let mut session_present = false;
-        match (stored, self.persistent) {
+        match (stored, !c.clean_start) {
             (Some(q), true) => {
+                // A resumed session's queue is durable, whatever this CONNECT asks
+                // next; it goes at disconnect if the session does not outlive it.
                 // Resume: the subscriptions are the queue's bindings (QoS in their arguments).
                 if let Ok(x) = v.exchange(TOPIC_EXCHANGE) {
                     for b in x.bindings() {
@@ -402,6 +423,9 @@ impl Session {
         );
         if retain {
             headers.insert(RETAIN_HEADER, Value::Bool(true));
+        }
+        if retain_props.and_then(|p| p.payload_format_indicator) == Some(true) {
+            headers.insert(PAYLOAD_FORMAT_HEADER, Value::Bool(true));
         }
         let mut properties = Properties {
             delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
@@ -634,7 +658,11 @@ impl Session {
                 retain: true,
                 topic: Bytes::from(topic),
                 packet_id,
-                properties: Default::default(),
+                properties: if self.v5() {
+                    v5_properties(&m)
+                } else {
+                    Default::default()
+                },
                 payload: m.body.clone(),
             }));
         }
@@ -859,8 +887,9 @@ impl Session {
             message,
             topic,
             retain: w.retain,
+            // The will goes when its delay ends or the session does, whichever is first.
             delay: if self.v5() {
-                wp.will_delay_interval.unwrap_or(0)
+                wp.will_delay_interval.unwrap_or(0).min(self.session_expiry)
             } else {
                 0
             },
@@ -901,7 +930,14 @@ fn v5_properties(m: &Message) -> tributary_mqtt::PublishProperties {
             .and_then(|b| std::str::from_utf8(b).ok())
             .map(str::to_string)
     };
+    let utf8 = matches!(
+        p.headers
+            .as_ref()
+            .and_then(|h| h.get(PAYLOAD_FORMAT_HEADER)),
+        Some(Value::Bool(true))
+    );
     let mut out = tributary_mqtt::PublishProperties {
+        payload_format_indicator: utf8.then_some(true),
         content_type: text(&p.content_type),
         correlation_data: p.correlation_id.clone(),
         response_topic: text(&p.reply_to).map(|k| routing_key_to_topic(&k)),
