@@ -48,6 +48,34 @@ def mqtt_broker():
         assert not problems, problems
 
 
+@pytest.fixture
+def restartable():
+    """A broker that can be killed and restarted on the same data dir; `.mqtt_port` is
+    refreshed by `start()` / `restart()` (a new free port each run)."""
+    import conftest
+    from durability_support import RestartableBroker
+
+    assert 'mqtt = "127.0.0.1:0"' in conftest.CONFIG, "the test config must open the MQTT listener"
+    root = Path(tempfile.mkdtemp(prefix="tributary-mqtt-restart-"))
+
+    class Broker(RestartableBroker):
+        def start(self):
+            run = super().start()
+            m = run.wait_for(re.compile(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)"), WAIT)
+            assert m, "no MQTT listening line"
+            self.mqtt_port = int(m.group(1))
+            return run
+
+    b = Broker(root)
+    try:
+        b.start()
+        yield b
+    finally:
+        problems = b.finish()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not problems, problems
+
+
 def client(b, version=mqtt.MQTTv311, client_id="", clean=True, will=None):
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
                     clean_session=clean if version != mqtt.MQTTv5 else None)
@@ -269,18 +297,8 @@ def test_retain_handling_2_sends_no_retained_message(mqtt_broker):
 
 
 @pytest.mark.parametrize("version", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v3.1.1", "v5"])
-def test_persistent_session_keeps_messages_offline_and_across_a_crash(version):
-    import conftest
-    from durability_support import RestartableBroker
-
-    root = Path(tempfile.mkdtemp(prefix="tributary-mqtt-persist-"))
-    b = RestartableBroker(root)
-    assert 'mqtt = "127.0.0.1:0"' in conftest.CONFIG, "the test config must open the MQTT listener"
-
-    def port():
-        m = b.run.wait_for(re.compile(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)"), WAIT)
-        assert m, "no MQTT listening line"
-        b.mqtt_port = int(m.group(1))
+def test_persistent_session_keeps_messages_offline_and_across_a_crash(restartable, version):
+    b = restartable
 
     def durable_client():
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="meter-7", protocol=version,
@@ -300,31 +318,23 @@ def test_persistent_session_keeps_messages_offline_and_across_a_crash(version):
         assert not rc.is_failure, rc
         return c, got, present
 
-    try:
-        b.start()
-        port()
-        c, _, present = durable_client()
-        assert not present, "a new session must not be reported present"
-        subscribe(c, "meters/+/kwh", 1)
-        c.disconnect()
-        c.loop_stop()
-        pub, _ = client(b)
-        for i in range(3):
-            pub.publish("meters/7/kwh", b"%d" % i, qos=1).wait_for_publish(WAIT)
-        pub.disconnect()
-        pub.loop_stop()
-        b.restart("kill")  # the QoS 1 messages were acknowledged: they are on disk
-        port()
-        c, got, present = durable_client()
-        assert present, "the stored session was not resumed"
-        bodies = [next_message(got).payload for _ in range(3)]
-        assert bodies == [b"0", b"1", b"2"]
-        c.disconnect()
-        c.loop_stop()
-    finally:
-        problems = b.finish()
-        shutil.rmtree(root, ignore_errors=True)
-        assert not problems, problems
+    c, _, present = durable_client()
+    assert not present, "a new session must not be reported present"
+    subscribe(c, "meters/+/kwh", 1)
+    c.disconnect()
+    c.loop_stop()
+    pub, _ = client(b)
+    for i in range(3):
+        pub.publish("meters/7/kwh", b"%d" % i, qos=1).wait_for_publish(WAIT)
+    pub.disconnect()
+    pub.loop_stop()
+    b.restart("kill")  # the QoS 1 messages were acknowledged: they are on disk
+    c, got, present = durable_client()
+    assert present, "the stored session was not resumed"
+    bodies = [next_message(got).payload for _ in range(3)]
+    assert bodies == [b"0", b"1", b"2"]
+    c.disconnect()
+    c.loop_stop()
 
 
 def test_v5_topic_alias_and_subscription_identifiers(mqtt_broker):
@@ -379,38 +389,19 @@ def test_v5_unknown_authentication_method_gets_0x8c(mqtt_broker):
     c.loop_stop()
 
 
-def test_retained_message_survives_a_restart():
-    import conftest
-    from durability_support import RestartableBroker
-
-    root = Path(tempfile.mkdtemp(prefix="tributary-mqtt-retained-"))
-    b = RestartableBroker(root)
-    assert 'mqtt = "127.0.0.1:0"' in conftest.CONFIG
-
-    def port():
-        m = b.run.wait_for(re.compile(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)"), WAIT)
-        assert m, "no MQTT listening line"
-        b.mqtt_port = int(m.group(1))
-
-    try:
-        b.start()
-        port()
-        pub, _ = client(b)
-        pub.publish("plant/valve", b"closed", qos=1, retain=True).wait_for_publish(WAIT)
-        pub.disconnect()
-        pub.loop_stop()
-        b.restart("kill")
-        port()
-        sub, got = client(b)
-        subscribe(sub, "plant/#", 1)
-        m = next_message(got)
-        assert (m.topic, m.payload, m.retain) == ("plant/valve", b"closed", True)
-        sub.disconnect()
-        sub.loop_stop()
-    finally:
-        problems = b.finish()
-        shutil.rmtree(root, ignore_errors=True)
-        assert not problems, problems
+def test_retained_message_survives_a_restart(restartable):
+    b = restartable
+    pub, _ = client(b)
+    pub.publish("plant/valve", b"closed", qos=1, retain=True).wait_for_publish(WAIT)
+    pub.disconnect()
+    pub.loop_stop()
+    b.restart("kill")
+    sub, got = client(b)
+    subscribe(sub, "plant/#", 1)
+    m = next_message(got)
+    assert (m.topic, m.payload, m.retain) == ("plant/valve", b"closed", True)
+    sub.disconnect()
+    sub.loop_stop()
 
 
 def test_v5_no_local_and_retain_as_published(mqtt_broker):
