@@ -1,0 +1,1 @@
+//! Sans-IO SASL server mechanisms shared by every protocol.
