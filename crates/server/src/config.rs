@@ -25,6 +25,48 @@ pub struct Config {
     pub store: StoreConfig,
     /// Flow control.
     pub flow: FlowConfig,
+    /// XMPP service.
+    pub xmpp: XmppConfig,
+}
+
+/// The XMPP service: its domain, TLS and session policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct XmppConfig {
+    /// The domain served (the part after `@` in users' JIDs).
+    pub domain: String,
+    /// Whether clients must use TLS before authenticating; loopback clients
+    /// are always allowed in the clear.
+    pub require_tls: bool,
+    /// PEM certificate chain; empty generates a self-signed one for `domain`
+    /// in the data directory at first start.
+    pub certificate: String,
+    /// PEM private key matching `certificate`.
+    pub key: String,
+    /// In-band registration (XEP-0077): anyone may create an account.
+    pub registration: bool,
+    /// Seconds a session with stream management waits to be resumed after
+    /// its connection drops (XEP-0198).
+    pub resumption_timeout: u32,
+    /// Offline messages kept per user (XEP-0160); beyond it senders get an error.
+    pub max_offline_messages: usize,
+    /// Largest stanza accepted, in bytes.
+    pub max_stanza_size: usize,
+}
+
+impl Default for XmppConfig {
+    fn default() -> Self {
+        XmppConfig {
+            domain: "localhost".into(),
+            require_tls: true,
+            certificate: String::new(),
+            key: String::new(),
+            registration: false,
+            resumption_timeout: 300,
+            max_offline_messages: 1000,
+            max_stanza_size: 262_144,
+        }
+    }
 }
 
 /// Flow control: publishers are blocked while queues hold too much memory.
@@ -80,9 +122,13 @@ pub struct Listeners {
     pub amqp: String,
     /// MQTT over TCP (Mosquitto's default: 1883). Empty string disables it.
     pub mqtt: String,
-    /// HTTP (RabbitMQ's management port, 15672): MQTT over WebSocket at `/mqtt`.
-    /// Empty string disables it.
+    /// HTTP (RabbitMQ's management port, 15672): MQTT over WebSocket at `/mqtt`,
+    /// XMPP over WebSocket at `/xmpp-websocket`. Empty string disables it.
     pub http: String,
+    /// XMPP client streams with STARTTLS (5222). Empty string disables it.
+    pub xmpp: String,
+    /// XMPP client streams over direct TLS (XEP-0368, 5223). Empty string disables it.
+    pub xmpps: String,
 }
 
 impl Default for Listeners {
@@ -91,6 +137,8 @@ impl Default for Listeners {
             amqp: "127.0.0.1:5672".into(),
             mqtt: "127.0.0.1:1883".into(),
             http: "127.0.0.1:15672".into(),
+            xmpp: "127.0.0.1:5222".into(),
+            xmpps: "127.0.0.1:5223".into(),
         }
     }
 }
@@ -242,6 +290,35 @@ impl Config {
                 ),
             ));
         }
+        for (key, value, example) in [
+            ("listeners.xmpp", &self.listeners.xmpp, "127.0.0.1:5222"),
+            ("listeners.xmpps", &self.listeners.xmpps, "127.0.0.1:5223"),
+        ] {
+            if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    key,
+                    format!("`{value}` is not an address such as {example}"),
+                ));
+            }
+        }
+        if self.xmpp.domain.is_empty() || jid::BareJid::new(&self.xmpp.domain).is_err() {
+            return Err(bad(
+                "xmpp.domain",
+                format!("`{}` is not a valid domain", self.xmpp.domain),
+            ));
+        }
+        if self.xmpp.certificate.is_empty() != self.xmpp.key.is_empty() {
+            return Err(bad(
+                "xmpp.key",
+                "set both xmpp.certificate and xmpp.key, or neither".into(),
+            ));
+        }
+        if self.xmpp.max_stanza_size < 10_000 {
+            return Err(bad(
+                "xmpp.max_stanza_size",
+                "must be at least 10000 bytes (RFC 6120 §13.12)".into(),
+            ));
+        }
         if self.amqp.frame_max < 4096 {
             return Err(bad(
                 "amqp.frame_max",
@@ -271,6 +348,16 @@ impl Config {
     /// The MQTT listener address, if enabled.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.listeners.mqtt.parse().ok()
+    }
+
+    /// The XMPP (STARTTLS) listener address, if enabled.
+    pub fn xmpp_addr(&self) -> Option<SocketAddr> {
+        self.listeners.xmpp.parse().ok()
+    }
+
+    /// The XMPP direct-TLS listener address, if enabled.
+    pub fn xmpps_addr(&self) -> Option<SocketAddr> {
+        self.listeners.xmpps.parse().ok()
     }
 
     /// The AMQP listener address, if enabled.

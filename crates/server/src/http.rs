@@ -1,12 +1,14 @@
 //! The HTTP listener (default 127.0.0.1:15672, RabbitMQ's management port):
-//! MQTT over WebSocket at `/mqtt` (subprotocol `mqtt`) for now; the
+//! MQTT over WebSocket at `/mqtt` (subprotocol `mqtt`) and XMPP over
+//! WebSocket at `/xmpp-websocket` (RFC 7395, subprotocol `xmpp`); the
 //! management API and metrics will live here too.
 
 use crate::mqtt::driver::{self as mqtt_driver, MqttContext};
+use crate::xmpp::XmppContext;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -18,9 +20,21 @@ use tokio_util::sync::CancellationToken;
 /// Bytes buffered between a WebSocket and the MQTT driver in each direction.
 const BRIDGE_BUFFER: usize = 256 * 1024;
 
+/// What the HTTP handlers reach.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The MQTT service, for `/mqtt`.
+    pub mqtt: Arc<MqttContext>,
+    /// The XMPP service, for `/xmpp-websocket`.
+    pub xmpp: Option<Arc<XmppContext>>,
+}
+
 /// Serves HTTP until shutdown.
-pub async fn serve(listener: TcpListener, mqtt: Arc<MqttContext>, shutdown: CancellationToken) {
-    let app = Router::new().route("/mqtt", get(mqtt_ws)).with_state(mqtt);
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+    let app = Router::new()
+        .route("/mqtt", get(mqtt_ws))
+        .route("/xmpp-websocket", get(xmpp_ws))
+        .with_state(state);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -33,11 +47,26 @@ pub async fn serve(listener: TcpListener, mqtt: Arc<MqttContext>, shutdown: Canc
 async fn mqtt_ws(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    State(ctx): State<Arc<MqttContext>>,
+    State(state): State<HttpState>,
 ) -> Response {
+    let ctx = state.mqtt;
     // MQTT over WebSocket: the `mqtt` subprotocol, binary frames carrying a byte stream.
     ws.protocols(["mqtt"])
         .on_upgrade(move |socket| bridge(socket, peer, ctx))
+}
+
+async fn xmpp_ws(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<HttpState>,
+) -> Response {
+    match state.xmpp {
+        // RFC 7395: the `xmpp` subprotocol, one element per text message.
+        Some(ctx) => ws
+            .protocols(["xmpp"])
+            .on_upgrade(move |socket| crate::xmpp::session::run_ws(socket, peer, ctx)),
+        None => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// Runs the ordinary MQTT driver on one end of an in-memory pipe and moves

@@ -7,6 +7,7 @@ mod mqtt;
 mod persistence;
 mod serve;
 mod users;
+mod xmpp;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

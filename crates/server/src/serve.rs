@@ -65,47 +65,41 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
+    let mqtt = Arc::new(crate::mqtt::driver::MqttContext {
+        broker: broker.clone(),
+        users: users.clone(),
+        registry: crate::mqtt::Registry::default(),
+        retained: Arc::new(parking_lot::Mutex::new(
+            crate::persistence::retained_messages(&store),
+        )),
+        shutdown: shutdown.clone(),
+        received: Default::default(),
+    });
     if let Some(addr) = config.mqtt_addr() {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for MQTT on {addr} (listeners.mqtt)"))?;
         let local = listener.local_addr()?;
         tracing::info!("listening protocol=mqtt addr={local}");
-        let ctx = Arc::new(crate::mqtt::driver::MqttContext {
-            broker: broker.clone(),
-            users: users.clone(),
-            registry: crate::mqtt::Registry::default(),
-            retained: Arc::new(parking_lot::Mutex::new(
-                crate::persistence::retained_messages(&store),
-            )),
-            shutdown: shutdown.clone(),
-            received: Default::default(),
+        tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
+        let ctx = mqtt.clone();
+        spawn_accept(listener, &tracker, &shutdown, move |stream, peer| {
+            crate::mqtt::driver::run(stream, peer, ctx.clone())
         });
-        tracker.spawn(crate::mqtt::sys::run(ctx.clone()));
-        if let Some(http) = config.http_addr() {
-            let listener = TcpListener::bind(http)
-                .await
-                .with_context(|| format!("cannot listen for HTTP on {http} (listeners.http)"))?;
-            tracing::info!("listening protocol=http addr={}", listener.local_addr()?);
-            tracker.spawn(crate::http::serve(listener, ctx.clone(), shutdown.clone()));
-        }
-        let (t, s) = (tracker.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = s.cancelled() => return,
-                    r = listener.accept() => match r {
-                        Ok((stream, peer)) => {
-                            t.spawn(crate::mqtt::driver::run(stream, peer, ctx.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-        });
+    }
+
+    let xmpp = start_xmpp(&config, &data_dir, &users, &store, &shutdown, &tracker).await?;
+
+    if let Some(http) = config.http_addr() {
+        let listener = TcpListener::bind(http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {http} (listeners.http)"))?;
+        tracing::info!("listening protocol=http addr={}", listener.local_addr()?);
+        let state = crate::http::HttpState {
+            mqtt: mqtt.clone(),
+            xmpp: xmpp.clone(),
+        };
+        tracker.spawn(crate::http::serve(listener, state, shutdown.clone()));
     }
 
     tracker.spawn(sweep(
@@ -206,4 +200,83 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
+}
+
+/// Accepts connections until shutdown, spawning `handle` for each.
+fn spawn_accept<F, Fut>(
+    listener: TcpListener,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (t, s) = (tracker.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = s.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((stream, peer)) => {
+                        t.spawn(handle(stream, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Starts the XMPP service and its listeners (5222 STARTTLS, 5223 direct TLS).
+async fn start_xmpp(
+    config: &Config,
+    data_dir: &std::path::Path,
+    users: &Arc<UserDb>,
+    store: &Arc<tributary_store::Store>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Option<Arc<crate::xmpp::XmppContext>>> {
+    let wanted = config.xmpp_addr().is_some()
+        || config.xmpps_addr().is_some()
+        || config.http_addr().is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let tls = crate::xmpp::tls::TlsSetup::load_or_generate(
+        &config.xmpp.certificate,
+        &config.xmpp.key,
+        &config.xmpp.domain,
+        data_dir,
+    )?;
+    let ctx = Arc::new(crate::xmpp::XmppContext::new(
+        config.xmpp.clone(),
+        users.clone(),
+        store.clone(),
+        data_dir.to_owned(),
+        Some(tls),
+        shutdown.clone(),
+    )?);
+    for (addr, direct_tls, name, key) in [
+        (config.xmpp_addr(), false, "xmpp", "listeners.xmpp"),
+        (config.xmpps_addr(), true, "xmpps", "listeners.xmpps"),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for XMPP on {addr} ({key})"))?;
+        tracing::info!(
+            domain = %config.xmpp.domain,
+            "listening protocol={name} addr={}",
+            listener.local_addr()?
+        );
+        let ctx = ctx.clone();
+        spawn_accept(listener, tracker, shutdown, move |stream, peer| {
+            crate::xmpp::session::run_tcp(stream, peer, ctx.clone(), direct_tls)
+        });
+    }
+    Ok(Some(ctx))
 }

@@ -10,6 +10,8 @@ use argon2::Argon2;
 use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
 };
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+use tributary_sasl::{ScramCredentials, ScramHash};
 
 const FILE_NAME: &str = "users.json";
 const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -31,6 +34,69 @@ pub struct User {
     /// Management tags (administrator, monitoring, management, ...).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// SCRAM-SHA-1 keys (never the password), for XMPP and SASL clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram_sha1: Option<StoredScram>,
+    /// SCRAM-SHA-256 keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram_sha256: Option<StoredScram>,
+}
+
+/// SCRAM keys as stored in `users.json` (RFC 5802 §3), base64-encoded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredScram {
+    /// Salt.
+    pub salt: String,
+    /// PBKDF2 iteration count.
+    pub iterations: u32,
+    /// `H(ClientKey)`.
+    pub stored_key: String,
+    /// `HMAC(SaltedPassword, "Server Key")`.
+    pub server_key: String,
+}
+
+impl StoredScram {
+    fn from_credentials(c: &ScramCredentials) -> Self {
+        StoredScram {
+            salt: B64.encode(&c.salt),
+            iterations: c.iterations,
+            stored_key: B64.encode(&c.stored_key),
+            server_key: B64.encode(&c.server_key),
+        }
+    }
+
+    fn to_credentials(&self) -> Option<ScramCredentials> {
+        Some(ScramCredentials {
+            salt: B64.decode(&self.salt).ok()?,
+            iterations: self.iterations,
+            stored_key: B64.decode(&self.stored_key).ok()?,
+            server_key: B64.decode(&self.server_key).ok()?,
+        })
+    }
+}
+
+/// A new account record: Argon2id for PLAIN, SCRAM keys for SCRAM.
+fn new_user(name: &str, password: &str, tags: Vec<String>) -> Result<User, UserError> {
+    let mut user = User {
+        name: name.into(),
+        password_hash: hash_password(password)?,
+        tags,
+        scram_sha1: None,
+        scram_sha256: None,
+    };
+    set_scram(&mut user, password)?;
+    Ok(user)
+}
+
+fn set_scram(user: &mut User, password: &str) -> Result<(), UserError> {
+    let scram = |hash| {
+        ScramCredentials::generate(hash, password)
+            .map(|c| StoredScram::from_credentials(&c))
+            .map_err(|e| UserError::Hash(e.to_string()))
+    };
+    user.scram_sha1 = Some(scram(ScramHash::Sha1)?);
+    user.scram_sha256 = Some(scram(ScramHash::Sha256)?);
+    Ok(())
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -160,11 +226,8 @@ impl UserAdmin {
             users: Vec::new(),
         };
         if create_guest {
-            file.users.push(User {
-                name: "guest".into(),
-                password_hash: hash_password("guest")?,
-                tags: vec!["administrator".into()],
-            });
+            file.users
+                .push(new_user("guest", "guest", vec!["administrator".into()])?);
         }
         write_file(&self.path, &file)
     }
@@ -181,16 +244,12 @@ impl UserAdmin {
 
     /// Adds a user.
     pub fn add(&self, name: &str, password: &str, tags: Vec<String>) -> Result<(), UserError> {
-        let hash = hash_password(password)?;
+        let user = new_user(name, password, tags)?;
         self.edit(|users| {
             if users.iter().any(|u| u.name == name) {
                 return Err(UserError::Exists(name.into()));
             }
-            users.push(User {
-                name: name.into(),
-                password_hash: hash,
-                tags,
-            });
+            users.push(user);
             Ok(())
         })
     }
@@ -209,13 +268,15 @@ impl UserAdmin {
 
     /// Changes a password.
     pub fn passwd(&self, name: &str, password: &str) -> Result<(), UserError> {
-        let hash = hash_password(password)?;
+        let fresh = new_user(name, password, Vec::new())?;
         self.edit(|users| {
             let user = users
                 .iter_mut()
                 .find(|u| u.name == name)
                 .ok_or_else(|| UserError::Missing(name.into()))?;
-            user.password_hash = hash;
+            user.password_hash = fresh.password_hash;
+            user.scram_sha1 = fresh.scram_sha1;
+            user.scram_sha256 = fresh.scram_sha256;
             Ok(())
         })
     }
@@ -300,14 +361,67 @@ impl UserDb {
         self.check_peer(user, peer)
     }
 
-    fn check_peer(&self, user: User, peer: IpAddr) -> Result<User, AuthError> {
-        let loopback = match peer {
+    /// Whether an account exists.
+    pub fn exists(&self, name: &str) -> bool {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        self.state.lock().users.contains_key(name)
+    }
+
+    /// The stored SCRAM keys of an account, if it has them.
+    pub fn scram_credentials(&self, name: &str, hash: ScramHash) -> Option<ScramCredentials> {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        let st = self.state.lock();
+        let user = st.users.get(name)?;
+        match hash {
+            ScramHash::Sha1 => user.scram_sha1.as_ref(),
+            ScramHash::Sha256 => user.scram_sha256.as_ref(),
+        }?
+        .to_credentials()
+    }
+
+    /// Adds SCRAM keys to an account created before they existed, after
+    /// its password was verified by a PLAIN login.
+    pub fn upgrade_scram(&self, name: &str, password: &str) -> Result<(), UserError> {
+        let missing = self
+            .state
+            .lock()
+            .users
+            .get(name)
+            .is_some_and(|u| u.scram_sha1.is_none() || u.scram_sha256.is_none());
+        if !missing {
+            return Ok(());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        UserAdmin::open(dir)?.edit(|users| {
+            if let Some(user) = users.iter_mut().find(|u| u.name == name) {
+                set_scram(user, password)?;
+            }
+            Ok(())
+        })?;
+        self.reload_if_changed()
+    }
+
+    /// Whether `name` may log in from `peer` (loopback-only users).
+    pub fn may_connect_from(&self, name: &str, peer: IpAddr) -> bool {
+        Self::is_loopback(peer) || !self.loopback_users.iter().any(|u| u == name)
+    }
+
+    /// Whether `peer` is on loopback.
+    pub fn is_loopback(peer: IpAddr) -> bool {
+        match peer {
             IpAddr::V6(v6) => {
                 v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
             }
             IpAddr::V4(v4) => v4.is_loopback(),
-        };
-        if !loopback && self.loopback_users.contains(&user.name) {
+        }
+    }
+
+    fn check_peer(&self, user: User, peer: IpAddr) -> Result<User, AuthError> {
+        if !Self::is_loopback(peer) && self.loopback_users.contains(&user.name) {
             return Err(AuthError::LoopbackOnly);
         }
         Ok(user)

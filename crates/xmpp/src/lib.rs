@@ -1,4 +1,6 @@
 //! XMPP, sans-IO: the client stream machine (RFC 6120), and the IM and
 //! presence logic (RFC 6121) with the XEPs every client expects.
 
+pub mod c2s;
+pub mod hub;
 pub mod ns;

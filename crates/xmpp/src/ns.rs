@@ -50,3 +50,9 @@ pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DELAY: &str = "urn:xmpp:delay";
 /// Hints (XEP-0334), e.g. `<no-copy/>` for carbons.
 pub const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0440 channel-binding type advertisement.
+pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+/// Roster versioning stream feature (RFC 6121 §2.6).
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+/// Presence subscription pre-approval stream feature (RFC 6121 §3.4).
+pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";

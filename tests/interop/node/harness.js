@@ -151,6 +151,8 @@ async function startBroker({ extraConfig = '' } = {}) {
       'amqp = "127.0.0.1:0"',
       'mqtt = "127.0.0.1:0"',
       'http = "127.0.0.1:0"',
+      'xmpp = "127.0.0.1:0"',
+      'xmpps = "127.0.0.1:0"',
       '',
       '[amqp]',
       'heartbeat = 60',

@@ -1,0 +1,299 @@
+//! The XMPP service: client streams over TCP (STARTTLS), direct TLS and
+//! WebSocket, all driving the sans-IO machines of `tributary-xmpp`.
+//!
+//! One [`XmppContext`] holds the IM state ([`Hub`]) behind a mutex and a
+//! mailbox per bound session. The hub's effects are applied while the mutex
+//! is held, so durable changes reach the store in the order the hub made
+//! them and stanzas reach each session in routing order.
+
+pub mod session;
+pub mod tls;
+pub mod transport;
+
+use crate::config::XmppConfig;
+use crate::users::UserDb;
+use jid::FullJid;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tributary_store::Store;
+use tributary_xmpp::c2s::SmState;
+use tributary_xmpp::hub::{Accounts, Hub, HubConfig, Output, SessionId};
+use tributary_xmpp_xml::Element;
+
+/// Stanzas queued for one session before it counts as not reading; past
+/// this the session is closed rather than buffered without bound.
+const MAILBOX: usize = 4096;
+
+/// What the rest of the server sends to a session's task.
+pub enum SessionMsg {
+    /// A stanza to send to the client.
+    Deliver(Element),
+    /// End the stream with this stream error.
+    Close(&'static str, Option<String>),
+    /// Another stream resumes this session (XEP-0198): hand it over.
+    TakeOver(oneshot::Sender<Detached>),
+}
+
+/// A session handed from its old connection to a resuming one.
+pub struct Detached {
+    /// The session's id in the hub.
+    pub session: SessionId,
+    /// Its full JID.
+    pub jid: FullJid,
+    /// Stream-management counters and unacknowledged stanzas.
+    pub sm: SmState,
+    /// The session's mailbox.
+    pub mailbox: mpsc::Receiver<SessionMsg>,
+}
+
+struct SessionHandle {
+    mailbox: mpsc::Sender<SessionMsg>,
+    kill: CancellationToken,
+}
+
+/// Shared state of the XMPP service.
+pub struct XmppContext {
+    /// Configuration.
+    pub config: XmppConfig,
+    /// Accounts.
+    pub users: Arc<UserDb>,
+    /// Data directory (registration writes the user database there).
+    pub data_dir: PathBuf,
+    /// TLS, if a certificate could be set up.
+    pub tls: Option<tls::TlsSetup>,
+    /// Stops every session on shutdown.
+    pub shutdown: CancellationToken,
+    /// Random per-process secret for fake SCRAM salts.
+    pub secret: [u8; 32],
+    store: Arc<Store>,
+    hub: Mutex<Hub>,
+    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
+    resumable: Mutex<HashMap<String, (SessionId, String)>>,
+    next_session: AtomicU64,
+}
+
+struct UserAccounts<'a>(&'a UserDb);
+
+impl Accounts for UserAccounts<'_> {
+    fn exists(&self, username: &str) -> bool {
+        self.0.exists(username)
+    }
+}
+
+impl XmppContext {
+    /// Builds the service and restores its persisted state from the store.
+    pub fn new(
+        config: XmppConfig,
+        users: Arc<UserDb>,
+        store: Arc<Store>,
+        data_dir: PathBuf,
+        tls: Option<tls::TlsSetup>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut hub = Hub::new(HubConfig {
+            domain: config.domain.clone(),
+            software_name: "Tributary".into(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            max_offline_per_user: config.max_offline_messages,
+        });
+        for table in Hub::TABLES {
+            let rows = store.meta_list(table)?;
+            hub.restore(table, rows)?;
+        }
+        let mut secret = [0u8; 32];
+        secret[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Ok(XmppContext {
+            config,
+            users,
+            data_dir,
+            tls,
+            shutdown,
+            secret,
+            store,
+            hub: Mutex::new(hub),
+            sessions: Mutex::new(HashMap::new()),
+            resumable: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh session id.
+    pub fn new_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Binds a resource for `session`, whose mailbox is registered first so
+    /// that the hub can deliver to it at once.
+    pub fn bind(
+        &self,
+        session: SessionId,
+        username: &str,
+        resource: Option<&str>,
+        mailbox: mpsc::Sender<SessionMsg>,
+        kill: CancellationToken,
+    ) -> Result<FullJid, (&'static str, &'static str)> {
+        self.sessions
+            .lock()
+            .insert(session, SessionHandle { mailbox, kill });
+        let mut hub = self.hub.lock();
+        let mut out = Vec::new();
+        let result = hub.bind(session, username, resource, &mut out);
+        self.apply(out);
+        drop(hub);
+        result.map_err(|e| {
+            self.sessions.lock().remove(&session);
+            (e.kind, e.condition)
+        })
+    }
+
+    /// A stanza from a bound session.
+    pub fn handle_stanza(&self, session: SessionId, stanza: Element) {
+        let accounts = UserAccounts(&self.users);
+        let mut hub = self.hub.lock();
+        let mut out = Vec::new();
+        hub.handle_stanza(session, stanza, &accounts, now_ms(), &mut out);
+        self.apply(out);
+    }
+
+    /// Makes a session resumable under its stream-management id.
+    pub fn register_resumable(&self, id: &str, session: SessionId, username: &str) {
+        self.resumable
+            .lock()
+            .insert(id.to_string(), (session, username.to_string()));
+    }
+
+    /// Asks the session registered under `previd` to hand itself over; only
+    /// the account that owns it may resume it.
+    pub async fn take_over(&self, previd: &str, username: &str) -> Option<Detached> {
+        let session = match self.resumable.lock().get(previd) {
+            Some((session, owner)) if owner == username => *session,
+            _ => return None,
+        };
+        let mailbox = self.sessions.lock().get(&session)?.mailbox.clone();
+        let (tx, rx) = oneshot::channel();
+        mailbox.send(SessionMsg::TakeOver(tx)).await.ok()?;
+        let detached = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()?;
+        self.resumable.lock().remove(previd);
+        Some(detached)
+    }
+
+    /// A resumed session now runs on a new connection with a new kill switch.
+    pub fn adopt(&self, session: SessionId, kill: CancellationToken) {
+        if let Some(handle) = self.sessions.lock().get_mut(&session) {
+            handle.kill = kill;
+        }
+    }
+
+    /// The session ended for good: tell the hub, and give back what the
+    /// client never acknowledged.
+    pub fn end_session(&self, session: SessionId, jid: Option<&FullJid>, unacked: Vec<Element>) {
+        self.sessions.lock().remove(&session);
+        self.resumable.lock().retain(|_, (s, _)| *s != session);
+        let accounts = UserAccounts(&self.users);
+        let mut hub = self.hub.lock();
+        let mut out = Vec::new();
+        hub.unbind(session, now_ms(), &mut out);
+        if let Some(jid) = jid
+            && !unacked.is_empty()
+        {
+            hub.requeue_unacked(jid, unacked, &accounts, now_ms(), &mut out);
+        }
+        self.apply(out);
+    }
+
+    /// Registers a new account (XEP-0077).
+    pub fn register_account(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(), (&'static str, &'static str)> {
+        if !self.config.registration {
+            return Err(("cancel", "not-allowed"));
+        }
+        if jid::BareJid::new(&format!("{username}@{}", self.config.domain)).is_err()
+            || username.contains(['@', '/'])
+        {
+            return Err(("modify", "jid-malformed"));
+        }
+        let admin = crate::users::UserAdmin::open(&self.data_dir).map_err(|e| {
+            tracing::error!(error = %e, "registration: cannot open the user database");
+            ("wait", "internal-server-error")
+        })?;
+        match admin.add(username, password, Vec::new()) {
+            Ok(()) => {
+                tracing::info!(username, "account registered in-band");
+                Ok(())
+            }
+            Err(crate::users::UserError::Exists(_)) => Err(("cancel", "conflict")),
+            Err(e) => {
+                tracing::error!(error = %e, "registration failed");
+                Err(("wait", "internal-server-error"))
+            }
+        }
+    }
+
+    /// Applies hub effects in order; called with the hub locked.
+    fn apply(&self, out: Vec<Output>) {
+        let sessions = self.sessions.lock();
+        for output in out {
+            match output {
+                Output::Put { table, key, value } => {
+                    if let Err(e) = self.store.meta_put(table, &key, &value) {
+                        tracing::error!(error = %e, table, key, "cannot persist XMPP state");
+                    }
+                }
+                Output::Delete { table, key } => {
+                    if let Err(e) = self.store.meta_delete(table, &key) {
+                        tracing::error!(error = %e, table, key, "cannot delete XMPP state");
+                    }
+                }
+                Output::Deliver { session, stanza } => {
+                    if let Some(handle) = sessions.get(&session)
+                        && handle
+                            .mailbox
+                            .try_send(SessionMsg::Deliver(stanza))
+                            .is_err()
+                    {
+                        tracing::warn!(session, "XMPP session does not read; closing it");
+                        handle.kill.cancel();
+                    }
+                }
+                Output::Close {
+                    session,
+                    condition,
+                    text,
+                } => {
+                    if let Some(handle) = sessions.get(&session)
+                        && handle
+                            .mailbox
+                            .try_send(SessionMsg::Close(condition, text))
+                            .is_err()
+                    {
+                        handle.kill.cancel();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A mailbox for a new session.
+pub fn mailbox() -> (mpsc::Sender<SessionMsg>, mpsc::Receiver<SessionMsg>) {
+    mpsc::channel(MAILBOX)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,433 @@
+//! One client connection: feeds the transport into the c2s machine, carries
+//! out its events against the [`XmppContext`], and delivers the session's
+//! mailbox to the client. A session with resumable stream management
+//! outlives a dropped connection until it is resumed or times out.
+
+use super::transport::{Incoming, StreamTransport, Transport, WsTransport};
+use super::{Detached, SessionMsg, XmppContext, mailbox};
+use crate::users::UserDb;
+use axum::extract::ws::WebSocket;
+use jid::FullJid;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tributary_sasl::{ScramCredentials, ScramHash};
+use tributary_xmpp::c2s::{Authenticator, C2sConfig, Connection, Event};
+use tributary_xmpp::hub::SessionId;
+use tributary_xmpp::ns;
+use tributary_xmpp_xml::{Element, Limits};
+
+/// Time allowed for a TLS handshake.
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Mailbox messages handled per wake-up before flushing.
+const DELIVERY_BATCH: usize = 64;
+/// Presence updates held for an inactive client (XEP-0352) before they are
+/// sent anyway.
+const MAX_HELD_PRESENCE: usize = 256;
+
+/// How a run over one transport ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The client asked for STARTTLS; upgrade and go on.
+    StartTls,
+    /// The stream ended (close, stream error, shutdown).
+    Closed,
+    /// The transport dropped without a stream close.
+    Dropped,
+    /// Another connection resumed this session.
+    TakenOver,
+}
+
+/// The session side of a connection.
+struct Link {
+    username: Option<String>,
+    session: Option<SessionId>,
+    mailbox: Option<mpsc::Receiver<SessionMsg>>,
+    kill: CancellationToken,
+    registered_resumable: bool,
+    active: bool,
+    held: Vec<Element>,
+    peer: IpAddr,
+}
+
+struct Auth<'a> {
+    users: &'a UserDb,
+    secret: &'a [u8],
+    peer: IpAddr,
+}
+
+impl Authenticator for Auth<'_> {
+    fn scram_credentials(&self, username: &str, hash: ScramHash) -> Option<ScramCredentials> {
+        if !self.users.may_connect_from(username, self.peer) {
+            return None;
+        }
+        self.users.scram_credentials(username, hash)
+    }
+
+    fn check_plain(&self, username: &str, password: &str) -> bool {
+        if self
+            .users
+            .authenticate(username, password, self.peer)
+            .is_err()
+        {
+            return false;
+        }
+        if let Err(e) = self.users.upgrade_scram(username, password) {
+            tracing::warn!(error = %e, username, "cannot add SCRAM keys to the account");
+        }
+        true
+    }
+
+    fn secret(&self) -> &[u8] {
+        self.secret
+    }
+}
+
+fn c2s_config(ctx: &XmppContext, peer: IpAddr, secure: bool, framed: bool) -> C2sConfig {
+    let loopback = UserDb::is_loopback(peer);
+    C2sConfig {
+        domain: ctx.config.domain.clone(),
+        starttls_offered: ctx.tls.is_some() && !secure && !framed,
+        tls_required: ctx.config.require_tls && !loopback,
+        secure,
+        loopback,
+        framed,
+        registration: ctx.config.registration,
+        resumption_timeout_secs: ctx.config.resumption_timeout,
+        max_auth_attempts: 3,
+        limits: Limits {
+            max_stanza_bytes: ctx.config.max_stanza_size,
+            ..Limits::default()
+        },
+        stream_id: uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// Serves one TCP connection: STARTTLS on the ordinary port, or TLS from
+/// the first byte on the direct-TLS port (XEP-0368).
+pub async fn run_tcp(stream: TcpStream, peer: SocketAddr, ctx: Arc<XmppContext>, direct_tls: bool) {
+    let _ = stream.set_nodelay(true);
+    let mut link = Link::new(peer.ip());
+    if direct_tls {
+        let Some(tls) = ctx.tls.clone() else { return };
+        let Ok(Ok(stream)) = tokio::time::timeout(TLS_TIMEOUT, tls.acceptor.accept(stream)).await
+        else {
+            tracing::debug!(%peer, "XMPP TLS handshake failed");
+            return;
+        };
+        let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), true, false));
+        conn.set_channel_bindings(tls.bindings(&stream));
+        let mut transport = StreamTransport::new(stream);
+        let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
+        finish(outcome, conn, link, &ctx).await;
+        return;
+    }
+    let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), false, false));
+    let mut transport = StreamTransport::new(stream);
+    let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
+    if outcome != Outcome::StartTls {
+        finish(outcome, conn, link, &ctx).await;
+        return;
+    }
+    let Some(tls) = ctx.tls.clone() else { return };
+    let stream = transport.into_inner();
+    let Ok(Ok(stream)) = tokio::time::timeout(TLS_TIMEOUT, tls.acceptor.accept(stream)).await
+    else {
+        tracing::debug!(%peer, "XMPP STARTTLS handshake failed");
+        return;
+    };
+    conn.tls_established(tls.bindings(&stream));
+    let mut transport = StreamTransport::new(stream);
+    let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
+    finish(outcome, conn, link, &ctx).await;
+}
+
+/// Serves one WebSocket connection (RFC 7395).
+pub async fn run_ws(socket: WebSocket, peer: SocketAddr, ctx: Arc<XmppContext>) {
+    let mut link = Link::new(peer.ip());
+    let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), false, true));
+    let mut transport = WsTransport::new(socket);
+    let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
+    finish(outcome, conn, link, &ctx).await;
+}
+
+impl Link {
+    fn new(peer: IpAddr) -> Self {
+        Link {
+            username: None,
+            session: None,
+            mailbox: None,
+            kill: CancellationToken::new(),
+            registered_resumable: false,
+            active: true,
+            held: Vec::new(),
+            peer,
+        }
+    }
+}
+
+async fn recv(mailbox: &mut Option<mpsc::Receiver<SessionMsg>>) -> Option<SessionMsg> {
+    match mailbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn pump<T: Transport>(
+    transport: &mut T,
+    conn: &mut Connection,
+    link: &mut Link,
+    ctx: &XmppContext,
+) -> Outcome {
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        tokio::select! {
+            incoming = transport.read() => {
+                let auth = Auth { users: &ctx.users, secret: &ctx.secret, peer: link.peer };
+                match incoming {
+                    Incoming::Data(data) => {
+                        pending.extend_from_slice(&data);
+                        let consumed = conn.handle_input(&pending, &auth);
+                        pending.drain(..consumed);
+                    }
+                    Incoming::Message(message) => conn.handle_message(&message, &auth),
+                    Incoming::Closed => {
+                        conn.transport_closed();
+                        return Outcome::Dropped;
+                    }
+                }
+            }
+            msg = recv(&mut link.mailbox) => {
+                let mut next = msg;
+                for _ in 0..DELIVERY_BATCH {
+                    match next {
+                        Some(SessionMsg::Deliver(stanza)) => deliver(conn, link, stanza),
+                        Some(SessionMsg::Close(condition, text)) => {
+                            conn.close_with_error(condition, text.as_deref());
+                            break;
+                        }
+                        Some(SessionMsg::TakeOver(reply)) => {
+                            hand_over(conn, link, reply);
+                            let _ = transport.write(drain(conn)).await;
+                            transport.shutdown().await;
+                            return Outcome::TakenOver;
+                        }
+                        None => {
+                            conn.close_with_error("internal-server-error", None);
+                            break;
+                        }
+                    }
+                    next = match link.mailbox.as_mut().map(|rx| rx.try_recv()) {
+                        Some(Ok(msg)) => Some(msg),
+                        _ => break,
+                    };
+                }
+                conn.request_ack_if_due();
+            }
+            _ = ctx.shutdown.cancelled() => {
+                conn.close_with_error("system-shutdown", None);
+            }
+            _ = link.kill.cancelled() => {
+                conn.close_with_error("policy-violation", Some("the client does not read"));
+            }
+        }
+        let mut upgrade = false;
+        while let Some(event) = conn.poll_event() {
+            match event {
+                Event::StartTls => upgrade = true,
+                Event::Authenticated { username } => {
+                    tracing::debug!(username, peer = %link.peer, "XMPP client authenticated");
+                    link.username = Some(username);
+                }
+                Event::AuthFailed => {
+                    // Slow down password guessing before the failure is sent.
+                    let _ = transport.write(Vec::new()).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+                Event::Bind { id, resource } => bind(conn, link, ctx, &id, resource),
+                Event::Stanza(stanza) => {
+                    if let Some(session) = link.session {
+                        ctx.handle_stanza(session, stanza);
+                    }
+                }
+                Event::Resume { previd, h } => resume(conn, link, ctx, &previd, h).await,
+                Event::Active(active) => {
+                    link.active = active;
+                    if active {
+                        flush_held(conn, link);
+                    }
+                }
+                Event::Register {
+                    id,
+                    username,
+                    password,
+                } => {
+                    let result = ctx.register_account(&username, &password);
+                    conn.registration_done(&id, result);
+                }
+                Event::Closed => {}
+            }
+        }
+        if !link.registered_resumable
+            && conn.is_resumable()
+            && let (Some(session), Some(id)) = (link.session, conn.sm_id())
+        {
+            ctx.register_resumable(&id, session, link.username.as_deref().unwrap_or(""));
+            link.registered_resumable = true;
+        }
+        if transport.write(drain(conn)).await.is_err() {
+            conn.transport_closed();
+            return Outcome::Dropped;
+        }
+        if upgrade {
+            return Outcome::StartTls;
+        }
+        if conn.is_closed() {
+            transport.shutdown().await;
+            return Outcome::Closed;
+        }
+    }
+}
+
+fn drain(conn: &mut Connection) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    while let Some(chunk) = conn.poll_transmit() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Sends a stanza, holding presence back while the client is inactive
+/// (XEP-0352): only the latest presence per sender is kept.
+fn deliver(conn: &mut Connection, link: &mut Link, stanza: Element) {
+    if !link.active && stanza.is("presence", ns::CLIENT) {
+        let from = stanza.attr("from").map(str::to_string);
+        link.held
+            .retain(|held| held.attr("from").map(str::to_string) != from);
+        link.held.push(stanza);
+        if link.held.len() > MAX_HELD_PRESENCE {
+            flush_held(conn, link);
+        }
+        return;
+    }
+    if !link.active && !link.held.is_empty() && stanza.is("message", ns::CLIENT) {
+        flush_held(conn, link);
+    }
+    let _ = conn.send_stanza(stanza);
+}
+
+fn flush_held(conn: &mut Connection, link: &mut Link) {
+    for stanza in link.held.drain(..) {
+        let _ = conn.send_stanza(stanza);
+    }
+}
+
+fn bind(
+    conn: &mut Connection,
+    link: &mut Link,
+    ctx: &XmppContext,
+    id: &str,
+    resource: Option<String>,
+) {
+    let Some(username) = link.username.clone() else {
+        conn.bound(id, Err(("auth", "not-authorized")));
+        return;
+    };
+    let session = ctx.new_session_id();
+    let (tx, rx) = mailbox();
+    match ctx.bind(
+        session,
+        &username,
+        resource.as_deref(),
+        tx,
+        link.kill.clone(),
+    ) {
+        Ok(jid) => {
+            tracing::debug!(%jid, session, "XMPP resource bound");
+            link.session = Some(session);
+            link.mailbox = Some(rx);
+            conn.bound(id, Ok(jid));
+        }
+        Err(error) => conn.bound(id, Err(error)),
+    }
+}
+
+async fn resume(conn: &mut Connection, link: &mut Link, ctx: &XmppContext, previd: &str, h: u32) {
+    let Some(username) = link.username.clone() else {
+        conn.resume_failed();
+        return;
+    };
+    match ctx.take_over(previd, &username).await {
+        Some(detached) => {
+            tracing::debug!(jid = %detached.jid, "XMPP session resumed");
+            ctx.adopt(detached.session, link.kill.clone());
+            link.session = Some(detached.session);
+            link.mailbox = Some(detached.mailbox);
+            link.registered_resumable = false;
+            conn.resumed(previd, h, detached.jid, detached.sm);
+        }
+        None => conn.resume_failed(),
+    }
+}
+
+fn hand_over(
+    conn: &mut Connection,
+    link: &mut Link,
+    reply: tokio::sync::oneshot::Sender<Detached>,
+) {
+    let (Some(session), Some(mailbox), Some(jid), Some(sm)) = (
+        link.session.take(),
+        link.mailbox.take(),
+        conn.jid().cloned(),
+        conn.take_sm(),
+    ) else {
+        return;
+    };
+    let _ = reply.send(Detached {
+        session,
+        jid,
+        sm,
+        mailbox,
+    });
+    conn.transport_closed();
+}
+
+/// After the last transport: wait for resumption if the session is
+/// resumable and the connection merely dropped, then end the session.
+async fn finish(outcome: Outcome, mut conn: Connection, mut link: Link, ctx: &XmppContext) {
+    let Some(session) = link.session else { return };
+    if outcome == Outcome::TakenOver {
+        return;
+    }
+    let jid: Option<FullJid> = conn.jid().cloned();
+    if outcome == Outcome::Dropped && conn.is_resumable() {
+        let timeout = tokio::time::sleep(Duration::from_secs(ctx.config.resumption_timeout.into()));
+        tokio::pin!(timeout);
+        loop {
+            tokio::select! {
+                _ = &mut timeout => break,
+                _ = ctx.shutdown.cancelled() => break,
+                msg = recv(&mut link.mailbox) => match msg {
+                    Some(SessionMsg::Deliver(stanza)) => {
+                        if conn.queue_detached(stanza).is_err() {
+                            break;
+                        }
+                    }
+                    Some(SessionMsg::TakeOver(reply)) => {
+                        hand_over(&mut conn, &mut link, reply);
+                        return;
+                    }
+                    Some(SessionMsg::Close(..)) | None => break,
+                },
+            }
+        }
+    }
+    let unacked = conn
+        .take_sm()
+        .map(|mut sm| sm.take_unacked())
+        .unwrap_or_default();
+    ctx.end_session(session, jid.as_ref(), unacked);
+}
