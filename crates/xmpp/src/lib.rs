@@ -2,5 +2,7 @@
 //! presence logic (RFC 6121) with the XEPs every client expects.
 
 pub mod c2s;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod ns;
