@@ -134,6 +134,7 @@ pub struct Connection {
     events: VecDeque<Event>,
     pending_bind: bool,
     header_written: bool,
+    restarts: u32,
 }
 
 impl Connection {
@@ -159,6 +160,7 @@ impl Connection {
             events: VecDeque::new(),
             pending_bind: false,
             header_written: false,
+            restarts: 0,
         }
     }
 
@@ -261,6 +263,7 @@ impl Connection {
         self.phase = Phase::Secured;
         self.parser.reset();
         self.header_written = false;
+        self.restarts += 1;
         self.state = State::AwaitHeader;
     }
 
@@ -617,6 +620,7 @@ impl Connection {
         self.phase = Phase::Authenticated;
         self.parser.reset();
         self.header_written = false;
+        self.restarts += 1;
         self.state = State::AwaitHeader;
     }
 
@@ -794,7 +798,12 @@ impl Connection {
 
     fn write_header(&mut self) {
         let mut out = Vec::with_capacity(256);
-        let id = escape_attr(&self.config.stream_id);
+        // A restarted stream gets a new id (RFC 6120 §4.3.3).
+        let id = if self.restarts == 0 {
+            escape_attr(&self.config.stream_id)
+        } else {
+            escape_attr(&format!("{}-{}", self.config.stream_id, self.restarts))
+        };
         let from = escape_attr(&self.config.domain);
         if self.config.framed {
             out.extend_from_slice(
