@@ -52,6 +52,11 @@ pub struct XmppConfig {
     pub max_offline_messages: usize,
     /// Largest stanza accepted, in bytes.
     pub max_stanza_size: usize,
+    /// The bridge to AMQP and MQTT: `bridge.<domain>` for direct messages,
+    /// `topics.<domain>` for pubsub over MQTT topics (docs/bridging.md).
+    pub bridge: bool,
+    /// The exchange whose routing keys are JIDs (messages to XMPP users).
+    pub bridge_exchange: String,
 }
 
 impl Default for XmppConfig {
@@ -65,6 +70,8 @@ impl Default for XmppConfig {
             resumption_timeout: 300,
             max_offline_messages: 1000,
             max_stanza_size: 262_144,
+            bridge: true,
+            bridge_exchange: "xmpp".into(),
         }
     }
 }

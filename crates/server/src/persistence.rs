@@ -31,6 +31,7 @@ fn table(kind: &str) -> &'static str {
         "queue" => QUEUES,
         "delayed" => DELAYED,
         "retained" => RETAINED,
+        crate::mqtt::stored::TABLE => crate::mqtt::stored::TABLE,
         _ => BINDINGS,
     }
 }
@@ -200,6 +201,17 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
 }
 
 /// MQTT retained messages kept in the store, by topic.
+/// The stored MQTT sessions' rows (expiry deadlines and QoS 2 state).
+pub fn mqtt_sessions(store: &Store) -> Vec<(String, Vec<u8>)> {
+    store
+        .meta_list(crate::mqtt::stored::TABLE)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read stored MQTT sessions");
+            Vec::new()
+        })
+}
+
+/// Retained MQTT messages by topic, as stored.
 pub fn retained_messages(store: &Store) -> HashMap<String, Arc<Message>> {
     let rows = store.meta_list(RETAINED).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot read stored retained messages");

@@ -74,6 +74,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         )),
         shutdown: shutdown.clone(),
         received: Default::default(),
+        sessions: crate::mqtt::stored::SessionTable::load(crate::persistence::mqtt_sessions(
+            &store,
+        )),
     });
     if let Some(addr) = config.mqtt_addr() {
         let listener = TcpListener::bind(addr)
@@ -81,14 +84,17 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen for MQTT on {addr} (listeners.mqtt)"))?;
         let local = listener.local_addr()?;
         tracing::info!("listening protocol=mqtt addr={local}");
-        tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
         let ctx = mqtt.clone();
         spawn_accept(listener, &tracker, &shutdown, move |stream, peer| {
             crate::mqtt::driver::run(stream, peer, ctx.clone())
         });
     }
 
-    let xmpp = start_xmpp(&config, &data_dir, &users, &store, &shutdown, &tracker).await?;
+    tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
+    let xmpp = start_xmpp(
+        &config, &data_dir, &users, &broker, &store, &shutdown, &tracker,
+    )
+    .await?;
 
     if let Some(http) = config.http_addr() {
         let listener = TcpListener::bind(http)
@@ -236,6 +242,7 @@ async fn start_xmpp(
     config: &Config,
     data_dir: &std::path::Path,
     users: &Arc<UserDb>,
+    broker: &Arc<tributary_core::Broker>,
     store: &Arc<tributary_store::Store>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
@@ -260,6 +267,16 @@ async fn start_xmpp(
         Some(tls),
         shutdown.clone(),
     )?);
+    if config.xmpp.bridge {
+        let (bridge, rx) = crate::xmpp::bridge::Bridge::start(
+            broker.clone(),
+            store.clone(),
+            &config.xmpp.domain,
+            &config.xmpp.bridge_exchange,
+        )?;
+        ctx.set_bridge(bridge);
+        tracker.spawn(crate::xmpp::bridge::run(ctx.clone(), rx));
+    }
     for (addr, direct_tls, name, key) in [
         (config.xmpp_addr(), false, "xmpp", "listeners.xmpp"),
         (config.xmpps_addr(), true, "xmpps", "listeners.xmpps"),

@@ -37,6 +37,8 @@ pub struct MqttContext {
     pub shutdown: CancellationToken,
     /// PUBLISH packets received, for `$SYS/broker/messages/received`.
     pub received: Arc<std::sync::atomic::AtomicU64>,
+    /// Persistent sessions' expiry and QoS 2 state between connections.
+    pub sessions: Arc<super::stored::SessionTable>,
 }
 
 fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion) {
@@ -65,6 +67,7 @@ where
         ctx.users.clone(),
         ctx.retained.clone(),
         ctx.received.clone(),
+        ctx.sessions.clone(),
         peer,
         tx,
     );
@@ -91,6 +94,9 @@ where
                     let v = c.protocol_version;
                     let (ack, ok) = session.connect(c);
                     packets.push(ack);
+                    if ok {
+                        session.after_connect(&mut packets);
+                    }
                     write(&mut outbuf, &mut packets, v);
                     if !ok {
                         break 'conn;

@@ -5,6 +5,7 @@
 
 pub mod driver;
 mod session;
+pub mod stored;
 pub mod sys;
 
 use parking_lot::Mutex;
@@ -35,6 +36,11 @@ impl Registry {
     /// How many clients are connected.
     pub fn connected(&self) -> usize {
         self.clients.lock().len()
+    }
+
+    /// True when some connection holds `client_id` now.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.clients.lock().contains_key(client_id)
     }
 
     /// True when another connection than `conn` holds `client_id` now.

@@ -130,9 +130,24 @@ pub struct Session {
     next_packet_id: u16,
     outgoing: HashMap<u16, (Arc<Queue>, Entry)>,
     incoming_qos2: HashSet<u16>,
+    /// Our QoS 2 deliveries acknowledged with PUBREC, waiting for PUBCOMP.
+    pubrel_pending: HashSet<u16>,
+    /// The client's Maximum Packet Size (v5): larger deliveries are dropped.
+    max_packet_size: Option<u32>,
+    /// The client's Topic Alias Maximum (v5) and the aliases we assigned.
+    client_alias_max: u16,
+    out_aliases: HashMap<String, u16>,
+    /// Packets to send right after CONNACK (PUBRELs of a resumed session).
+    resume_out: Vec<Packet>,
+    stored: Arc<super::stored::SessionTable>,
     retained: RetainedMap,
     received: Arc<std::sync::atomic::AtomicU64>,
     tx: UnboundedSender<Outbound>,
+}
+
+/// The durable queue of a client's persistent session.
+pub fn persistent_queue_name(client_id: &str) -> String {
+    format!("mqtt-subscription-{client_id}qos1")
 }
 
 fn vhost(broker: &Broker) -> Arc<VHost> {
@@ -146,6 +161,7 @@ impl Session {
         users: Arc<UserDb>,
         retained: RetainedMap,
         received: Arc<std::sync::atomic::AtomicU64>,
+        stored: Arc<super::stored::SessionTable>,
         peer: SocketAddr,
         tx: UnboundedSender<Outbound>,
     ) -> Self {
@@ -172,6 +188,12 @@ impl Session {
             next_packet_id: 0,
             outgoing: HashMap::new(),
             incoming_qos2: HashSet::new(),
+            pubrel_pending: HashSet::new(),
+            max_packet_size: None,
+            client_alias_max: 0,
+            out_aliases: HashMap::new(),
+            resume_out: Vec::new(),
+            stored,
             retained,
             received,
             tx,
@@ -230,6 +252,10 @@ impl Session {
         if let Some(rm) = c.properties.receive_maximum {
             self.receive_maximum = u32::from(rm).clamp(1, INFLIGHT);
         }
+        if version.is_v5() {
+            self.max_packet_size = c.properties.maximum_packet_size;
+            self.client_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
+        }
         let (user, password) = match (&c.username, &c.password) {
             (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
             (Some(u), None) => (u.clone(), String::new()),
@@ -286,12 +312,26 @@ impl Session {
                 if let Err(code) = self.attach(q) {
                     return refuse(self, code);
                 }
+                // Exactly once across reconnects: the packet ids the client has
+                // not released, and our PUBRELs it has not completed.
+                let state = self.stored.take(&self.broker, &self.client_id);
+                self.incoming_qos2 = state.incoming_qos2;
+                self.pubrel_pending = state.pubrel_pending;
+                let mut ids: Vec<u16> = self.pubrel_pending.iter().copied().collect();
+                ids.sort_unstable();
+                for packet_id in ids {
+                    self.resume_out.push(Packet::PubRel(PubAckLike {
+                        packet_id,
+                        ..Default::default()
+                    }));
+                }
             }
             (Some(q), false) => {
                 // Clean start discards a stored session.
                 v.remove_queue(&q);
+                self.stored.forget(&self.broker, &self.client_id);
             }
-            (None, _) => {}
+            (None, _) => self.stored.forget(&self.broker, &self.client_id),
         }
         tracing::info!(peer = %self.peer, client_id = %self.client_id, user = %user, version = version.level(), "MQTT connection opened");
         let mut ack = self.connack(version, ReasonCode::SUCCESS, assigned);
@@ -302,7 +342,13 @@ impl Session {
     }
 
     fn persistent_queue_name(&self) -> String {
-        format!("mqtt-subscription-{}qos1", self.client_id)
+        persistent_queue_name(&self.client_id)
+    }
+
+    /// Packets that follow a successful CONNACK (PUBRELs a resumed session
+    /// still owes the client).
+    pub fn after_connect(&mut self, out: &mut Vec<Packet>) {
+        out.append(&mut self.resume_out);
     }
 
     /// Consumes the session's queue.
@@ -369,13 +415,20 @@ impl Session {
             }
             Packet::PubRec(a) => {
                 self.settle_out(a.packet_id);
-                out.push(Packet::PubRel(PubAckLike {
-                    packet_id: a.packet_id,
-                    ..Default::default()
-                }));
+                // A PUBREC with an error code ends the exchange (MQTT 5 4.3.3).
+                if a.reason_code.0 < 0x80 {
+                    self.pubrel_pending.insert(a.packet_id);
+                    out.push(Packet::PubRel(PubAckLike {
+                        packet_id: a.packet_id,
+                        ..Default::default()
+                    }));
+                }
                 End::No
             }
-            Packet::PubComp(_) => End::No,
+            Packet::PubComp(c) => {
+                self.pubrel_pending.remove(&c.packet_id);
+                End::No
+            }
             Packet::PubRel(r) => {
                 self.incoming_qos2.remove(&r.packet_id);
                 out.push(Packet::PubComp(PubAckLike {
@@ -390,10 +443,24 @@ impl Session {
                 out.push(Packet::PingResp);
                 End::No
             }
-            Packet::Disconnect(_) => End::Close {
-                packet: None,
-                will: false,
-            },
+            Packet::Disconnect(d) => {
+                // v5: the DISCONNECT may change the Session Expiry Interval, but
+                // not from 0 (MQTT 5 3.14.2.2.2).
+                if let Some(expiry) = d.properties.session_expiry_interval
+                    && self.v5()
+                {
+                    if self.session_expiry == 0 && expiry > 0 {
+                        return self.disconnect(ReasonCode::PROTOCOL_ERROR);
+                    }
+                    self.session_expiry = expiry;
+                    self.persistent = expiry > 0;
+                }
+                // A DISCONNECT with Disconnect with Will Message (0x04) still sends the will.
+                End::Close {
+                    packet: None,
+                    will: d.reason_code.0 == 0x04,
+                }
+            }
             _ => End::Close {
                 packet: self.v5().then(|| {
                     Box::new(Packet::Disconnect(tributary_mqtt::Disconnect {
@@ -547,6 +614,12 @@ impl Session {
                 );
             }
             (QoS::ExactlyOnce, Some(id)) => {
+                // Our Receive Maximum bounds the QoS 2 exchanges a client keeps open.
+                if !self.incoming_qos2.contains(&id)
+                    && self.incoming_qos2.len() >= INFLIGHT as usize
+                {
+                    return self.disconnect(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                }
                 // Exactly once: a DUP re-send of a packet id not yet released is not routed again.
                 if self.incoming_qos2.insert(id) {
                     self.route(&message);
@@ -651,20 +724,24 @@ impl Session {
         }));
         for (topic, m, granted) in retained_out {
             let qos = granted.min(publish_qos(&m));
-            let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_id());
-            out.push(Packet::Publish(Publish {
+            let mut publish = Publish {
                 dup: false,
                 qos,
                 retain: true,
                 topic: Bytes::from(topic),
-                packet_id,
+                packet_id: (qos != QoS::AtMostOnce).then_some(u16::MAX),
                 properties: if self.v5() {
                     v5_properties(&m)
                 } else {
                     Default::default()
                 },
                 payload: m.body.clone(),
-            }));
+            };
+            if !self.fits(&publish) {
+                continue;
+            }
+            publish.packet_id = publish.packet_id.map(|_| self.next_id());
+            out.push(Packet::Publish(publish));
         }
         End::No
     }
@@ -758,7 +835,10 @@ impl Session {
     fn next_id(&mut self) -> u16 {
         loop {
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
-            if self.next_packet_id != 0 && !self.outgoing.contains_key(&self.next_packet_id) {
+            if self.next_packet_id != 0
+                && !self.outgoing.contains_key(&self.next_packet_id)
+                && !self.pubrel_pending.contains(&self.next_packet_id)
+            {
                 return self.next_packet_id;
             }
         }
@@ -841,7 +921,7 @@ impl Session {
         } else {
             Default::default()
         };
-        out.push(Packet::Publish(Publish {
+        let mut publish = Publish {
             dup: d.entry.redelivered,
             qos,
             retain,
@@ -849,7 +929,28 @@ impl Session {
             packet_id,
             properties,
             payload: m.body.clone(),
-        }));
+        };
+        if !self.fits(&publish) {
+            // Larger than the client accepts: discarded as if sent (MQTT 5 3.1.2.25).
+            if let Some(id) = packet_id {
+                self.next_packet_id = id.wrapping_sub(1);
+            }
+            d.queue.settle(&d.entry);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            d.queue.dispatch();
+            return;
+        }
+        self.apply_topic_alias(&mut publish);
+        if !publish.topic.is_empty()
+            && publish.properties.topic_alias.is_some()
+            && !self.fits(&publish)
+        {
+            // Setting the alias adds 3 bytes, beyond the client's maximum: send it without.
+            self.out_aliases
+                .remove(&*String::from_utf8_lossy(&publish.topic));
+            publish.properties.topic_alias = None;
+        }
+        out.push(Packet::Publish(publish));
         match packet_id {
             Some(id) => {
                 self.outgoing.insert(id, (d.queue, d.entry));
@@ -858,6 +959,41 @@ impl Session {
                 d.queue.settle(&d.entry);
                 self.inflight.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+    }
+
+    /// Whether a PUBLISH is within the client's Maximum Packet Size.
+    fn fits(&self, publish: &Publish) -> bool {
+        let Some(max) = self.max_packet_size else {
+            return true;
+        };
+        let mut buf = bytes::BytesMut::new();
+        let packet = Packet::Publish(publish.clone());
+        match tributary_mqtt::encode(&packet, ProtocolVersion::V5, &mut buf) {
+            Ok(()) => buf.len() <= max as usize,
+            Err(_) => false,
+        }
+    }
+
+    /// Outbound Topic Aliases (v5): the first PUBLISH on a topic sets an
+    /// alias (while the client's Topic Alias Maximum allows), later ones
+    /// send the alias with an empty topic.
+    fn apply_topic_alias(&mut self, publish: &mut Publish) {
+        if self.client_alias_max == 0 {
+            return;
+        }
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        match self.out_aliases.get(&topic) {
+            Some(&alias) => {
+                publish.properties.topic_alias = Some(alias);
+                publish.topic = Bytes::new();
+            }
+            None if self.out_aliases.len() < usize::from(self.client_alias_max) => {
+                let alias = self.out_aliases.len() as u16 + 1;
+                self.out_aliases.insert(topic, alias);
+                publish.properties.topic_alias = Some(alias);
+            }
+            None => {}
         }
     }
 
@@ -909,6 +1045,18 @@ impl Session {
         let v = vhost(&self.broker);
         for (_, (q, tag)) in self.shared.drain() {
             v.cancel_consumer(&q, self.id, 0, &tag);
+        }
+        if self.persistent && !self.client_id.is_empty() {
+            // v5: removed once the Session Expiry Interval has passed
+            // (0xFFFFFFFF: never); 3.x persistent sessions never expire.
+            let expires_at = (self.v5() && self.session_expiry != u32::MAX)
+                .then(|| tributary_core::args::now_ms() + u64::from(self.session_expiry) * 1000);
+            let state = super::stored::StoredSession {
+                expires_at,
+                incoming_qos2: std::mem::take(&mut self.incoming_qos2),
+                pubrel_pending: std::mem::take(&mut self.pubrel_pending),
+            };
+            self.stored.store(&self.broker, &self.client_id, state);
         }
         if let Some(q) = self.queue.take() {
             if self.persistent {

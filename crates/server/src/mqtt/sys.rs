@@ -15,15 +15,36 @@ use tributary_mqtt::topic::topic_to_routing_key;
 /// How often `$SYS` is refreshed (Mosquitto's `sys_interval` defaults to 10 s).
 pub const SYS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Publishes the `$SYS` topics until shutdown.
+/// How often expired sessions are looked for.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publishes the `$SYS` topics and removes expired sessions until shutdown.
 pub async fn run(ctx: Arc<MqttContext>) {
     let started = Instant::now();
     let mut every = tokio::time::interval(SYS_INTERVAL);
+    let mut expiry = tokio::time::interval(EXPIRY_INTERVAL);
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = every.tick() => publish_all(&ctx, started),
+            _ = expiry.tick() => remove_expired(&ctx),
         }
+    }
+}
+
+/// Removes sessions whose v5 Session Expiry Interval has run out while
+/// their client was away: their queue (with its messages) and state.
+fn remove_expired(ctx: &MqttContext) {
+    for client_id in ctx.sessions.expired(tributary_core::args::now_ms()) {
+        if ctx.registry.is_connected(&client_id) {
+            continue;
+        }
+        let vhost = ctx.broker.default_vhost();
+        if let Ok(queue) = vhost.queue(&super::session::persistent_queue_name(&client_id), 0) {
+            vhost.remove_queue(&queue);
+        }
+        ctx.sessions.forget(&ctx.broker, &client_id);
+        tracing::info!(client_id, "MQTT session expired");
     }
 }
 

@@ -6,6 +6,7 @@
 //! is held, so durable changes reach the store in the order the hub made
 //! them and stanzas reach each session in routing order.
 
+pub mod bridge;
 pub mod session;
 pub mod tls;
 pub mod transport;
@@ -75,6 +76,7 @@ pub struct XmppContext {
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
     resumable: Mutex<HashMap<String, (SessionId, String)>>,
     next_session: AtomicU64,
+    bridge: std::sync::OnceLock<Arc<bridge::Bridge>>,
 }
 
 struct UserAccounts<'a>(&'a UserDb);
@@ -100,6 +102,14 @@ impl XmppContext {
             software_name: "Tributary".into(),
             software_version: env!("CARGO_PKG_VERSION").into(),
             max_offline_per_user: config.max_offline_messages,
+            bridge_domains: if config.bridge {
+                vec![
+                    format!("bridge.{}", config.domain),
+                    format!("topics.{}", config.domain),
+                ]
+            } else {
+                Vec::new()
+            },
         });
         for table in Hub::TABLES {
             let rows = store.meta_list(table)?;
@@ -120,7 +130,45 @@ impl XmppContext {
             sessions: Mutex::new(HashMap::new()),
             resumable: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            bridge: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attaches the bridge to the other protocols (once, at start).
+    pub fn set_bridge(&self, bridge: Arc<bridge::Bridge>) {
+        let _ = self.bridge.set(bridge);
+    }
+
+    /// The bridge, when enabled.
+    pub fn bridge(&self) -> Option<&Arc<bridge::Bridge>> {
+        self.bridge.get()
+    }
+
+    /// A stanza from the bridge to a local user (stored offline if need be).
+    pub fn deliver_from_bridge(&self, stanza: Element) -> bool {
+        let accounts = UserAccounts(&self.users);
+        let mut hub = self.hub.lock();
+        let mut out = Vec::new();
+        let delivered = hub.deliver_from_bridge(stanza, &accounts, now_ms(), &mut out);
+        let bridged = self.apply(out);
+        drop(hub);
+        self.run_bridge(bridged);
+        delivered
+    }
+
+    /// Hands stanzas for the bridge over, and their replies back to the
+    /// senders; called without the hub locked.
+    fn run_bridge(&self, bridged: Vec<(SessionId, Element)>) {
+        let Some(bridge) = self.bridge() else { return };
+        for (session, stanza) in bridged {
+            for reply in bridge.handle_xmpp(&stanza) {
+                if let Some(handle) = self.sessions.lock().get(&session)
+                    && handle.mailbox.try_send(SessionMsg::Deliver(reply)).is_err()
+                {
+                    handle.kill.cancel();
+                }
+            }
+        }
     }
 
     /// A fresh session id.
@@ -158,7 +206,9 @@ impl XmppContext {
         let mut hub = self.hub.lock();
         let mut out = Vec::new();
         hub.handle_stanza(session, stanza, &accounts, now_ms(), &mut out);
-        self.apply(out);
+        let bridged = self.apply(out);
+        drop(hub);
+        self.run_bridge(bridged);
     }
 
     /// Makes a session resumable under its stream-management id.
@@ -241,8 +291,12 @@ impl XmppContext {
         }
     }
 
-    /// Applies hub effects in order; called with the hub locked.
-    fn apply(&self, out: Vec<Output>) {
+    /// Applies hub effects in order; called with the hub locked. Returns
+    /// the stanzas for the bridge, which must be handled after the hub is
+    /// unlocked (the bridge publishes into the core, whose consumers may
+    /// come back to the hub).
+    fn apply(&self, out: Vec<Output>) -> Vec<(SessionId, Element)> {
+        let mut bridged = Vec::new();
         let sessions = self.sessions.lock();
         for output in out {
             match output {
@@ -281,8 +335,10 @@ impl XmppContext {
                         handle.kill.cancel();
                     }
                 }
+                Output::Bridge { session, stanza } => bridged.push((session, stanza)),
             }
         }
+        bridged
     }
 }
 

@@ -235,48 +235,64 @@ async fn pump<T: Transport>(
             }
         }
         let mut upgrade = false;
-        while let Some(event) = conn.poll_event() {
-            match event {
-                Event::StartTls => upgrade = true,
-                Event::Authenticated { username } => {
-                    tracing::debug!(username, peer = %link.peer, "XMPP client authenticated");
-                    link.username = Some(username);
-                }
-                Event::AuthFailed => {
-                    // Slow down password guessing before the failure is sent.
-                    let _ = transport.write(Vec::new()).await;
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                }
-                Event::Bind { id, resource } => bind(conn, link, ctx, &id, resource),
-                Event::Stanza(stanza) => {
-                    if let Some(session) = link.session {
-                        ctx.handle_stanza(session, stanza);
+        loop {
+            while let Some(event) = conn.poll_event() {
+                match event {
+                    Event::StartTls => upgrade = true,
+                    Event::Authenticated { username } => {
+                        tracing::debug!(username, peer = %link.peer, "XMPP client authenticated");
+                        link.username = Some(username);
                     }
-                }
-                Event::Resume { previd, h } => resume(conn, link, ctx, &previd, h).await,
-                Event::Active(active) => {
-                    link.active = active;
-                    if active {
-                        flush_held(conn, link);
+                    Event::AuthFailed => {
+                        // Slow down password guessing before the failure is sent.
+                        let _ = transport.write(Vec::new()).await;
+                        tokio::time::sleep(Duration::from_millis(700)).await;
                     }
+                    Event::Bind { id, resource } => bind(conn, link, ctx, &id, resource),
+                    Event::Stanza(stanza) => {
+                        if let Some(session) = link.session {
+                            ctx.handle_stanza(session, stanza);
+                        }
+                    }
+                    Event::Resume { previd, h } => resume(conn, link, ctx, &previd, h).await,
+                    Event::Active(active) => {
+                        link.active = active;
+                        if active {
+                            flush_held(conn, link);
+                        }
+                    }
+                    Event::Register {
+                        id,
+                        username,
+                        password,
+                    } => {
+                        let result = ctx.register_account(&username, &password);
+                        conn.registration_done(&id, result);
+                    }
+                    Event::Closed => {}
                 }
-                Event::Register {
-                    id,
-                    username,
-                    password,
-                } => {
-                    let result = ctx.register_account(&username, &password);
-                    conn.registration_done(&id, result);
-                }
-                Event::Closed => {}
             }
-        }
-        if !link.registered_resumable
-            && conn.is_resumable()
-            && let (Some(session), Some(id)) = (link.session, conn.sm_id())
-        {
-            ctx.register_resumable(&id, session, link.username.as_deref().unwrap_or(""));
-            link.registered_resumable = true;
+            if !link.registered_resumable
+                && conn.is_resumable()
+                && let (Some(session), Some(id)) = (link.session, conn.sm_id())
+            {
+                ctx.register_resumable(&id, session, link.username.as_deref().unwrap_or(""));
+                link.registered_resumable = true;
+            }
+            // Input held back behind an event that is answered now.
+            if !pending.is_empty() && !conn.is_awaiting() && !conn.is_closed() && !upgrade {
+                let auth = Auth {
+                    users: &ctx.users,
+                    secret: &ctx.secret,
+                    peer: link.peer,
+                };
+                let consumed = conn.handle_input(&pending, &auth);
+                pending.drain(..consumed);
+                if consumed > 0 {
+                    continue;
+                }
+            }
+            break;
         }
         if transport.write(drain(conn)).await.is_err() {
             conn.transport_closed();

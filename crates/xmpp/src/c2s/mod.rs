@@ -135,6 +135,9 @@ pub struct Connection {
     pending_bind: bool,
     header_written: bool,
     restarts: u32,
+    /// An event the IO layer must answer before more input is read (bind,
+    /// resume, registration): stanzas pipelined behind it wait.
+    awaiting: bool,
 }
 
 impl Connection {
@@ -161,6 +164,7 @@ impl Connection {
             pending_bind: false,
             header_written: false,
             restarts: 0,
+            awaiting: false,
         }
     }
 
@@ -213,10 +217,12 @@ impl Connection {
     /// Feeds bytes from a TCP (or TLS) transport. Returns how many were
     /// consumed; after [`Event::StartTls`] the rest is not consumed, and the
     /// stream has already been closed if the client pipelined anything after
-    /// `<starttls/>`.
+    /// `<starttls/>`. After [`Event::Bind`], [`Event::Resume`] or
+    /// [`Event::Register`] the rest is not consumed either until the IO layer
+    /// has answered; feed it again then.
     pub fn handle_input(&mut self, mut input: &[u8], auth: &dyn Authenticator) -> usize {
         let total = input.len();
-        while !input.is_empty() && !self.is_closed() {
+        while !input.is_empty() && !self.is_closed() && !self.awaiting {
             if matches!(self.state, State::TlsPending) {
                 // Plaintext after <starttls/>: the STARTTLS injection attack.
                 self.fail_stream("policy-violation", Some("data after starttls"));
@@ -267,9 +273,18 @@ impl Connection {
         self.state = State::AwaitHeader;
     }
 
+    /// Whether input is held back until an event is answered.
+    pub fn is_awaiting(&self) -> bool {
+        self.awaiting
+    }
+
     /// Answer to [`Event::Bind`].
     pub fn bound(&mut self, id: &str, result: Result<FullJid, (&str, &str)>) {
         self.pending_bind = false;
+        self.awaiting = false;
+        if self.is_closed() {
+            return;
+        }
         match result {
             Ok(jid) => {
                 let reply = Element::new("iq", ns::CLIENT)
@@ -294,6 +309,10 @@ impl Connection {
     /// its JID and stream-management state and re-sends what the client
     /// has not acknowledged.
     pub fn resumed(&mut self, previd: &str, h: u32, jid: FullJid, mut sm: SmState) {
+        self.awaiting = false;
+        if self.is_closed() {
+            return;
+        }
         let reply = Element::new("resumed", ns::SM)
             .with_attr("previd", previd)
             .with_attr("h", sm.inbound.to_string());
@@ -318,6 +337,10 @@ impl Connection {
 
     /// Answer to [`Event::Resume`] when there is nothing to resume.
     pub fn resume_failed(&mut self) {
+        self.awaiting = false;
+        if self.is_closed() {
+            return;
+        }
         let failed =
             Element::new("failed", ns::SM).with_child(Element::new("item-not-found", ns::STANZAS));
         self.write_element(&failed);
@@ -325,6 +348,10 @@ impl Connection {
 
     /// Answer to [`Event::Register`].
     pub fn registration_done(&mut self, id: &str, result: Result<(), (&str, &str)>) {
+        self.awaiting = false;
+        if self.is_closed() {
+            return;
+        }
         match result {
             Ok(()) => {
                 let reply = Element::new("iq", ns::CLIENT)
@@ -668,6 +695,7 @@ impl Connection {
                     (Some(username), Some(password))
                         if !username.is_empty() && !password.is_empty() =>
                     {
+                        self.awaiting = true;
                         self.events.push_back(Event::Register {
                             id,
                             username,
@@ -696,6 +724,7 @@ impl Connection {
                 .map(Element::text)
                 .filter(|r| !r.is_empty());
             self.pending_bind = true;
+            self.awaiting = true;
             self.events.push_back(Event::Bind { id, resource });
             return;
         }
@@ -710,7 +739,10 @@ impl Connection {
         let previd = element.attr("previd").map(str::to_string);
         let h = element.attr("h").and_then(|h| h.parse::<u32>().ok());
         match (previd, h) {
-            (Some(previd), Some(h)) => self.events.push_back(Event::Resume { previd, h }),
+            (Some(previd), Some(h)) => {
+                self.awaiting = true;
+                self.events.push_back(Event::Resume { previd, h });
+            }
             _ => self.write_element(&sm_failed("bad-request")),
         }
     }

@@ -428,3 +428,55 @@ fn websocket_framing_uses_open_and_close() {
     );
     assert!(conn.is_closed());
 }
+
+#[test]
+fn stanzas_pipelined_behind_bind_wait_for_it() {
+    let mut conn = Connection::new(config());
+    feed(&mut conn, HEADER);
+    feed(
+        &mut conn,
+        &format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            plain("alice", "secret")
+        ),
+    );
+    feed(&mut conn, HEADER);
+    events(&mut conn);
+    let pipelined =
+        "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq><presence/>";
+    let consumed = conn.handle_input(pipelined.as_bytes(), &Users);
+    assert!(
+        consumed < pipelined.len(),
+        "the presence waits for the bind"
+    );
+    assert!(conn.is_awaiting());
+    assert!(matches!(events(&mut conn).as_slice(), [Event::Bind { .. }]));
+    conn.bound("b1", Ok("alice@localhost/r".parse().expect("jid")));
+    let rest = &pipelined[consumed..];
+    assert_eq!(conn.handle_input(rest.as_bytes(), &Users), rest.len());
+    assert!(matches!(events(&mut conn).as_slice(), [Event::Stanza(p)] if p.name == "presence"));
+    assert!(!conn.is_closed());
+}
+
+#[test]
+fn an_answer_after_the_stream_closed_does_not_revive_it() {
+    let mut conn = Connection::new(config());
+    feed(&mut conn, HEADER);
+    feed(
+        &mut conn,
+        &format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            plain("alice", "secret")
+        ),
+    );
+    feed(&mut conn, HEADER);
+    conn.handle_input(
+        b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+        &Users,
+    );
+    conn.close_with_error("system-shutdown", None);
+    output(&mut conn);
+    conn.bound("b1", Ok("alice@localhost/r".parse().expect("jid")));
+    assert!(conn.is_closed());
+    assert_eq!(output(&mut conn), "");
+}

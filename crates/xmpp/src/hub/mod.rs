@@ -107,6 +107,10 @@ pub struct HubConfig {
     /// Offline messages kept per user; beyond it the sender gets
     /// `<service-unavailable/>` (XEP-0160).
     pub max_offline_per_user: usize,
+    /// Domains served by the IO layer rather than the hub (the bridges to
+    /// the other protocols): messages and IQs addressed to them come out as
+    /// [`Output::Bridge`].
+    pub bridge_domains: Vec<String>,
 }
 
 impl HubConfig {
@@ -118,6 +122,7 @@ impl HubConfig {
             software_name: "Tributary".to_string(),
             software_version: env!("CARGO_PKG_VERSION").to_string(),
             max_offline_per_user: 1000,
+            bridge_domains: Vec::new(),
         }
     }
 }
@@ -162,6 +167,15 @@ pub enum Output {
         table: &'static str,
         /// The row key.
         key: String,
+    },
+    /// A message or IQ from a local user to one of
+    /// [`HubConfig::bridge_domains`], `from` already stamped; the IO layer
+    /// hands it to the bridge.
+    Bridge {
+        /// The sending session.
+        session: SessionId,
+        /// The stanza.
+        stanza: Element,
     },
     /// End this session with a stream error (e.g. `conflict` when a resource
     /// is taken over).
@@ -300,6 +314,14 @@ impl Hub {
                 return;
             }
         };
+        if let Some(to) = &to
+            && self.is_bridge_domain(to.domain().as_str())
+        {
+            if stanza.name != "presence" {
+                out.push(Output::Bridge { session, stanza });
+            }
+            return;
+        }
         let cx = Ctx {
             session,
             user: from.to_bare(),
@@ -348,6 +370,62 @@ impl Hub {
     /// the account are left to the server to close.
     pub fn remove_account(&mut self, username: &str, out: &mut Vec<Output>) {
         self.forget_account(username, out);
+    }
+
+    /// A stanza from a bridge (its `from` a JID of one of the bridge
+    /// domains) to a local user: messages are routed as any message from
+    /// outside (available resources, else offline storage), IQs only to a
+    /// bound full JID. Anything else, or for an unknown account, is dropped;
+    /// returns whether it was delivered or stored.
+    pub fn deliver_from_bridge(
+        &mut self,
+        stanza: Element,
+        accounts: &dyn Accounts,
+        now_unix_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let from_bridge = stanza
+            .attr("from")
+            .and_then(|f| Jid::new(f).ok())
+            .is_some_and(|f| self.is_bridge_domain(f.domain().as_str()));
+        let Ok(Some(to)) = addressing::parse_to(&stanza) else {
+            return false;
+        };
+        if !from_bridge {
+            return false;
+        }
+        let (bare, full) = match self.classify(&to) {
+            addressing::Dest::Local { bare, full } => (bare, full),
+            _ => return false,
+        };
+        if !addressing::account_exists(accounts, &bare) {
+            return false;
+        }
+        match stanza.name.as_str() {
+            "message" => {
+                let routing = message::Routing {
+                    sender_session: None,
+                    now: now_unix_ms,
+                    carbons: false,
+                };
+                matches!(
+                    self.route_message(&routing, &bare, full.as_ref(), stanza, out),
+                    message::Routed::Delivered(_) | message::Routed::Stored
+                )
+            }
+            "iq" => match full.as_ref().and_then(|f| self.by_jid.get(f).copied()) {
+                Some(session) => {
+                    out.push(Output::Deliver { session, stanza });
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn is_bridge_domain(&self, domain: &str) -> bool {
+        self.config.bridge_domains.iter().any(|d| d == domain)
     }
 
     /// The full JID of a bound session, for the IO layer and tests.

@@ -3,6 +3,7 @@
 //! numbering of push ids.
 
 mod blocking_tests;
+mod bridge_tests;
 mod carbons_tests;
 mod iq_tests;
 mod message_tests;
@@ -247,6 +248,7 @@ pub(super) enum Shape {
     Put(&'static str, String),
     Delete(&'static str, String),
     Close(SessionId, &'static str),
+    Bridge(SessionId, Element),
 }
 
 pub(super) fn norm(e: &Element) -> Element {
@@ -276,6 +278,7 @@ pub(super) fn shapes(out: &[Output]) -> Vec<Shape> {
             Output::Close {
                 session, condition, ..
             } => Shape::Close(*session, condition),
+            Output::Bridge { session, stanza } => Shape::Bridge(*session, norm(stanza)),
         })
         .collect()
 }
