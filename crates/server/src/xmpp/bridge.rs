@@ -131,6 +131,7 @@ pub struct Bridge {
     /// `topics.<domain>`: the pubsub service over MQTT topics.
     pub pubsub_domain: String,
     exchange: String,
+    domain: String,
     conn: u64,
     tx: mpsc::UnboundedSender<Inbound>,
     inflight: Arc<AtomicU32>,
@@ -155,6 +156,7 @@ impl Bridge {
             direct_domain: format!("bridge.{domain}"),
             pubsub_domain: format!("topics.{domain}"),
             exchange: exchange.to_string(),
+            domain: domain.to_string(),
             tx,
             inflight: Arc::new(AtomicU32::new(0)),
             subscriptions: Mutex::new(HashMap::new()),
@@ -528,9 +530,7 @@ impl Bridge {
                 let jid = if message.exchange.as_ref() == self.exchange.as_bytes() {
                     key.clone()
                 } else {
-                    routing_key_to_topic(&key)
-                        .strip_prefix(&format!("{TOPIC_PREFIX}/"))?
-                        .to_string()
+                    jid_from_topic_key(&key, &self.domain)?
                 };
                 let from = match message.properties.reply_to.as_ref() {
                     Some(reply_to) => format!(
@@ -628,6 +628,21 @@ pub async fn run(ctx: Arc<XmppContext>, mut rx: mpsc::UnboundedReceiver<Inbound>
         }
         bridge.settle(&inbound.delivery);
     }
+}
+
+/// The JID in a routing key `xmpp.<JID>` from `amq.topic`. MQTT keeps a
+/// `.` inside a topic level, so `xmpp/alice@example.org/phone` arrives as
+/// `xmpp.alice@example.org.phone`: the domain is known (only local users are
+/// reachable), and what follows it is the resource.
+fn jid_from_topic_key(key: &str, domain: &str) -> Option<String> {
+    let rest = key.strip_prefix(TOPIC_PREFIX)?.strip_prefix('.')?;
+    let (node, after) = rest.split_once('@')?;
+    let tail = after.strip_prefix(domain)?;
+    if tail.is_empty() {
+        return Some(format!("{node}@{domain}"));
+    }
+    let resource = tail.strip_prefix(['.', '/'])?;
+    (!resource.is_empty()).then(|| format!("{node}@{domain}/{resource}"))
 }
 
 fn result(iq: &Element) -> Element {
@@ -763,4 +778,69 @@ fn shim_headers(headers: Option<&Element>, from: &str) -> Table {
         Value::LongStr(Bytes::copy_from_slice(from.as_bytes())),
     );
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jids_come_back_from_topic_routing_keys() {
+        let key = |topic: &str| topic_to_routing_key(topic);
+        assert_eq!(
+            jid_from_topic_key(&key("xmpp/alice@example.org"), "example.org").as_deref(),
+            Some("alice@example.org")
+        );
+        assert_eq!(
+            jid_from_topic_key(&key("xmpp/alice@example.org/phone.1"), "example.org").as_deref(),
+            Some("alice@example.org/phone.1")
+        );
+        assert_eq!(
+            jid_from_topic_key(&key("xmpp/alice@other.org"), "example.org"),
+            None
+        );
+        assert_eq!(jid_from_topic_key(&key("xmpp/alice"), "example.org"), None);
+        assert_eq!(
+            jid_from_topic_key(&key("other/alice@example.org"), "example.org"),
+            None
+        );
+        assert_eq!(
+            jid_from_topic_key(&key("xmpp/alice@example.orgx"), "example.org"),
+            None
+        );
+    }
+
+    #[test]
+    fn bodies_that_xml_cannot_carry_become_base64() {
+        assert_eq!(
+            body_text(&Bytes::from_static(b"21.5")),
+            ("21.5".into(), false)
+        );
+        assert_eq!(
+            body_text(&Bytes::from_static(b"\x00\xff")),
+            ("AP8=".into(), true)
+        );
+        assert_eq!(body_text(&Bytes::from_static(b"bell\x07")).1, true);
+    }
+
+    #[test]
+    fn shim_headers_carry_the_sender_and_cannot_spoof_it() {
+        let headers = Element::new("headers", SHIM)
+            .with_child(
+                Element::new("header", SHIM)
+                    .with_attr("name", "k")
+                    .with_text("v"),
+            )
+            .with_child(
+                Element::new("header", SHIM)
+                    .with_attr("name", FROM_HEADER)
+                    .with_text("mallory@localhost"),
+            );
+        let table = shim_headers(Some(&headers), "alice@localhost/r");
+        assert_eq!(table.get("k").and_then(Value::as_str), Some("v"));
+        assert_eq!(
+            table.get(FROM_HEADER).and_then(Value::as_str),
+            Some("alice@localhost/r")
+        );
+    }
 }
