@@ -27,6 +27,20 @@ pub struct Config {
     pub flow: FlowConfig,
     /// XMPP service.
     pub xmpp: XmppConfig,
+    /// TLS for every TLS listener.
+    pub tls: TlsConfig,
+}
+
+/// The certificate the TLS listeners present (MQTT over TLS, and XMPP unless
+/// `[xmpp]` names its own).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty uses a self-signed one generated at first
+    /// start for the XMPP domain (`<data dir>/xmpp/<domain>.crt`).
+    pub certificate: String,
+    /// PEM private key matching `certificate`.
+    pub key: String,
 }
 
 /// The XMPP service: its domain, TLS and session policy.
@@ -136,6 +150,8 @@ pub struct Listeners {
     pub xmpp: String,
     /// XMPP client streams over direct TLS (XEP-0368, 5223). Empty string disables it.
     pub xmpps: String,
+    /// MQTT over TLS (8883, Mosquitto's). Empty string disables it.
+    pub mqtts: String,
 }
 
 impl Default for Listeners {
@@ -146,6 +162,7 @@ impl Default for Listeners {
             http: "127.0.0.1:15672".into(),
             xmpp: "127.0.0.1:5222".into(),
             xmpps: "127.0.0.1:5223".into(),
+            mqtts: "127.0.0.1:8883".into(),
         }
     }
 }
@@ -300,6 +317,7 @@ impl Config {
         for (key, value, example) in [
             ("listeners.xmpp", &self.listeners.xmpp, "127.0.0.1:5222"),
             ("listeners.xmpps", &self.listeners.xmpps, "127.0.0.1:5223"),
+            ("listeners.mqtts", &self.listeners.mqtts, "127.0.0.1:8883"),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return Err(bad(
@@ -318,6 +336,12 @@ impl Config {
             return Err(bad(
                 "xmpp.key",
                 "set both xmpp.certificate and xmpp.key, or neither".into(),
+            ));
+        }
+        if self.tls.certificate.is_empty() != self.tls.key.is_empty() {
+            return Err(bad(
+                "tls.key",
+                "set both tls.certificate and tls.key, or neither".into(),
             ));
         }
         if self.xmpp.max_stanza_size < 10_000 {
@@ -360,6 +384,11 @@ impl Config {
     /// The XMPP (STARTTLS) listener address, if enabled.
     pub fn xmpp_addr(&self) -> Option<SocketAddr> {
         self.listeners.xmpp.parse().ok()
+    }
+
+    /// The MQTT-over-TLS listener address, if enabled.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.listeners.mqtts.parse().ok()
     }
 
     /// The XMPP direct-TLS listener address, if enabled.

@@ -91,10 +91,37 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     }
 
     tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
-    let xmpp = start_xmpp(
-        &config, &data_dir, &users, &broker, &store, &shutdown, &tracker,
-    )
-    .await?;
+    // One certificate for the TLS listeners: [tls], or one generated for the XMPP domain.
+    let tls = crate::xmpp::tls::TlsSetup::load_or_generate(
+        &config.tls.certificate,
+        &config.tls.key,
+        &config.xmpp.domain,
+        &data_dir,
+    )?;
+    if let Some(addr) = config.mqtts_addr() {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for MQTT over TLS on {addr} (listeners.mqtts)")
+        })?;
+        tracing::info!("listening protocol=mqtts addr={}", listener.local_addr()?);
+        let (ctx, acceptor) = (mqtt.clone(), tls.acceptor.clone());
+        spawn_accept(listener, &tracker, &shutdown, move |stream, peer| {
+            let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+            async move {
+                let _ = stream.set_nodelay(true);
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => crate::mqtt::driver::serve(stream, peer, ctx).await,
+                    _ => tracing::debug!(%peer, "MQTT TLS handshake failed"),
+                }
+            }
+        });
+    }
+    let services = Services {
+        users: &users,
+        broker: &broker,
+        store: &store,
+        tls: &tls,
+    };
+    let xmpp = start_xmpp(&config, &data_dir, &services, &shutdown, &tracker).await?;
 
     if let Some(http) = config.http_addr() {
         let listener = TcpListener::bind(http)
@@ -237,28 +264,44 @@ fn spawn_accept<F, Fut>(
     });
 }
 
+/// What the protocol services share.
+struct Services<'a> {
+    users: &'a Arc<UserDb>,
+    broker: &'a Arc<tributary_core::Broker>,
+    store: &'a Arc<tributary_store::Store>,
+    tls: &'a crate::xmpp::tls::TlsSetup,
+}
+
 /// Starts the XMPP service and its listeners (5222 STARTTLS, 5223 direct TLS).
 async fn start_xmpp(
     config: &Config,
     data_dir: &std::path::Path,
-    users: &Arc<UserDb>,
-    broker: &Arc<tributary_core::Broker>,
-    store: &Arc<tributary_store::Store>,
+    services: &Services<'_>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Option<Arc<crate::xmpp::XmppContext>>> {
+    let Services {
+        users,
+        broker,
+        store,
+        tls,
+    } = *services;
     let wanted = config.xmpp_addr().is_some()
         || config.xmpps_addr().is_some()
         || config.http_addr().is_some();
     if !wanted {
         return Ok(None);
     }
-    let tls = crate::xmpp::tls::TlsSetup::load_or_generate(
-        &config.xmpp.certificate,
-        &config.xmpp.key,
-        &config.xmpp.domain,
-        data_dir,
-    )?;
+    let tls = if config.xmpp.certificate.is_empty() {
+        tls.clone()
+    } else {
+        crate::xmpp::tls::TlsSetup::load_or_generate(
+            &config.xmpp.certificate,
+            &config.xmpp.key,
+            &config.xmpp.domain,
+            data_dir,
+        )?
+    };
     let ctx = Arc::new(crate::xmpp::XmppContext::new(
         config.xmpp.clone(),
         users.clone(),

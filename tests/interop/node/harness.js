@@ -153,6 +153,7 @@ async function startBroker({ extraConfig = '' } = {}) {
       'http = "127.0.0.1:0"',
       'xmpp = "127.0.0.1:0"',
       'xmpps = "127.0.0.1:0"',
+      'mqtts = "127.0.0.1:0"',
       '',
       '[amqp]',
       'heartbeat = 60',

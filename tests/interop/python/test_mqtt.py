@@ -539,3 +539,36 @@ def test_v5_session_expiry_alone_makes_the_session_persistent(mqtt_broker):
     for x in (c, pub):
         x.disconnect()
         x.loop_stop()
+
+
+def test_mqtt_over_tls(mqtt_broker):
+    """MQTT over TLS (listeners.mqtts, 8883 by default) with the certificate the broker
+    generated at first start, verified (hostname `localhost`), not skipped."""
+    import ssl
+
+    deadline = time.monotonic() + WAIT
+    while not (m := re.search(r"listening protocol=mqtts addr=127\.0\.0\.1:(\d+)", mqtt_broker.log_text())):
+        assert time.monotonic() < deadline, "no `listening protocol=mqtts` line"
+        time.sleep(0.02)  # polling the log for the line, bounded
+    tls_port = int(m.group(1))
+    cert = mqtt_broker.data_dir / "xmpp" / "localhost.crt"
+    assert cert.exists(), "no generated certificate"
+    ctx = ssl.create_default_context(cafile=str(cert))
+    sec = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sec.tls_set_context(ctx)
+    got: queue.Queue = queue.Queue()
+    sec.on_message = lambda _c, _u, msg: got.put(msg)
+    ok = queue.Queue()
+    sec.on_connect = lambda _c, _u, _f, rc, props=None: ok.put(rc)
+    sec.connect("localhost", tls_port, keepalive=30)
+    sec.loop_start()
+    assert not ok.get(timeout=WAIT).is_failure
+    assert isinstance(sec.socket(), ssl.SSLSocket), "the connection is not TLS"
+    subscribe(sec, "tls/#", 1)
+    tcp, _ = client(mqtt_broker)
+    tcp.publish("tls/hello", b"encrypted", qos=1).wait_for_publish(WAIT)
+    m = next_message(got)
+    assert (m.topic, m.payload) == ("tls/hello", b"encrypted")
+    for c in (sec, tcp):
+        c.disconnect()
+        c.loop_stop()
