@@ -308,12 +308,12 @@ impl Bridge {
         }
     }
 
-    /// `<message to='bridge.<domain>/<topic>'>`: published to the topic.
+    /// `<message to='bridge.<domain>/<topic>'>`: its body is published to
+    /// the topic. A message without a body (a chat state, a receipt) is not.
     fn publish_message(&self, stanza: &Element, topic: &str) {
-        let body = stanza
-            .child("body", ns::CLIENT)
-            .map(Element::text)
-            .unwrap_or_default();
+        let Some(body) = stanza.child("body", ns::CLIENT).map(Element::text) else {
+            return;
+        };
         let correlation = stanza
             .child("thread", ns::CLIENT)
             .map(Element::text)
@@ -532,7 +532,12 @@ impl Bridge {
                 } else {
                     jid_from_topic_key(&key, &self.domain)?
                 };
-                let from = match message.properties.reply_to.as_ref() {
+                let from = match message
+                    .properties
+                    .reply_to
+                    .as_ref()
+                    .filter(|r| !r.is_empty())
+                {
                     Some(reply_to) => format!(
                         "{}/{}",
                         self.direct_domain,
