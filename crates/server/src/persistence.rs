@@ -200,7 +200,6 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
     Ok((broker, store))
 }
 
-/// MQTT retained messages kept in the store, by topic.
 /// The stored MQTT sessions' rows (expiry deadlines and QoS 2 state).
 pub fn mqtt_sessions(store: &Store) -> Vec<(String, Vec<u8>)> {
     store
@@ -211,7 +210,7 @@ pub fn mqtt_sessions(store: &Store) -> Vec<(String, Vec<u8>)> {
         })
 }
 
-/// Retained MQTT messages by topic, as stored.
+/// MQTT retained messages kept in the store, by topic.
 pub fn retained_messages(store: &Store) -> HashMap<String, Arc<Message>> {
     let rows = store.meta_list(RETAINED).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot read stored retained messages");

@@ -18,6 +18,8 @@ use tributary_mqtt::{
     Disconnect, Packet, ProtocolVersion, ReasonCode, decode, encode, peek_connect_version,
 };
 
+/// How long a CONNECT waits for the connection it takes over to close.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Time a client has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest packet accepted (MQTT 5 Maximum Packet Size; refused before allocation).
@@ -77,6 +79,8 @@ where
     let mut taken_over: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     let mut publish_will = false;
+    // Turns true once this connection has closed and saved its session.
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
 
     'conn: loop {
         // Decode everything buffered.
@@ -92,6 +96,19 @@ where
                 Ok(None) => break,
                 Ok(Some(Packet::Connect(c))) => {
                     let v = c.protocol_version;
+                    // Takeover: the previous connection with this client id goes,
+                    // and its session is saved, before this one looks it up.
+                    if !c.client_id.is_empty() && session.login_ok(&c) {
+                        let (rx, old) =
+                            ctx.registry
+                                .claim(&c.client_id, session.id, closed_rx.clone());
+                        taken_over = Some(rx);
+                        if let Some(mut old) = old {
+                            let _ =
+                                tokio::time::timeout(TAKEOVER_WAIT, old.wait_for(|closed| *closed))
+                                    .await;
+                        }
+                    }
                     let (ack, ok) = session.connect(c);
                     packets.push(ack);
                     if ok {
@@ -101,7 +118,13 @@ where
                     if !ok {
                         break 'conn;
                     }
-                    taken_over = Some(ctx.registry.claim(&session.client_id, session.id));
+                    if taken_over.is_none() {
+                        taken_over = Some(
+                            ctx.registry
+                                .claim(&session.client_id, session.id, closed_rx.clone())
+                                .0,
+                        );
+                    }
                     publish_will = true;
                 }
                 Ok(Some(packet)) => {
@@ -167,6 +190,7 @@ where
                 break 'conn;
             }
             _ = async { match taken_over.as_mut() { Some(rx) => { let _ = rx.await; } None => std::future::pending().await } } => {
+                session.hand_over();
                 if let Some(v) = session.version.filter(|v| v.is_v5()) {
                     packets.push(Packet::Disconnect(Disconnect { reason_code: ReasonCode::SESSION_TAKEN_OVER, ..Default::default() }));
                     write(&mut outbuf, &mut packets, v);
@@ -226,6 +250,7 @@ where
     if !session.client_id.is_empty() {
         ctx.registry.release(&session.client_id, session.id);
     }
+    let _ = closed_tx.send(true);
     if !outbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&outbuf)).await;
     }

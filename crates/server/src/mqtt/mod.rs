@@ -10,27 +10,47 @@ pub mod sys;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Live MQTT connections by client id, for session takeover: a second
 /// connection with the same id disconnects the first (MQTT 5 reason 0x8E).
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
+    clients: Mutex<HashMap<String, Holder>>,
+}
+
+/// The connection holding a client id: how to tell it to go, and how to
+/// learn that it has gone (its session state saved).
+struct Holder {
+    conn: u64,
+    takeover: oneshot::Sender<()>,
+    closed: watch::Receiver<bool>,
 }
 
 impl Registry {
     /// Registers `conn` under `client_id`, telling a previous holder to go.
-    pub fn claim(&self, client_id: &str, conn: u64) -> oneshot::Receiver<()> {
+    /// Returns this connection's takeover signal and, when there was a
+    /// previous holder, a receiver that turns true once it has closed.
+    pub fn claim(
+        &self,
+        client_id: &str,
+        conn: u64,
+        closed: watch::Receiver<bool>,
+    ) -> (oneshot::Receiver<()>, Option<watch::Receiver<bool>>) {
         let (tx, rx) = oneshot::channel();
-        if let Some((_, old)) = self
-            .clients
-            .lock()
-            .insert(client_id.to_string(), (conn, tx))
-        {
-            let _ = old.send(());
-        }
-        rx
+        let holder = Holder {
+            conn,
+            takeover: tx,
+            closed,
+        };
+        let previous = self.clients.lock().insert(client_id.to_string(), holder);
+        let old_closed = previous.and_then(|old| {
+            (old.conn != conn).then(|| {
+                let _ = old.takeover.send(());
+                old.closed
+            })
+        });
+        (rx, old_closed)
     }
 
     /// How many clients are connected.
@@ -48,13 +68,13 @@ impl Registry {
         self.clients
             .lock()
             .get(client_id)
-            .is_some_and(|(c, _)| *c != conn)
+            .is_some_and(|h| h.conn != conn)
     }
 
     /// Removes `conn`'s registration if it still holds `client_id`.
     pub fn release(&self, client_id: &str, conn: u64) {
         let mut clients = self.clients.lock();
-        if clients.get(client_id).is_some_and(|(c, _)| *c == conn) {
+        if clients.get(client_id).is_some_and(|h| h.conn == conn) {
             clients.remove(client_id);
         }
     }

@@ -139,6 +139,9 @@ pub struct Session {
     out_aliases: HashMap<String, u16>,
     /// Packets to send right after CONNACK (PUBRELs of a resumed session).
     resume_out: Vec<Packet>,
+    /// Another connection took this client id over: the session is handed
+    /// to it, whatever its expiry says (MQTT 5 3.1.4).
+    taken_over: bool,
     stored: Arc<super::stored::SessionTable>,
     retained: RetainedMap,
     received: Arc<std::sync::atomic::AtomicU64>,
@@ -193,6 +196,7 @@ impl Session {
             client_alias_max: 0,
             out_aliases: HashMap::new(),
             resume_out: Vec::new(),
+            taken_over: false,
             stored,
             retained,
             received,
@@ -288,6 +292,11 @@ impl Session {
         let v = vhost(&self.broker);
         let stored = v.queue(&self.persistent_queue_name(), self.id).ok();
         let mut session_present = false;
+        let expiry_secs = if version.is_v5() {
+            (self.session_expiry != u32::MAX).then_some(self.session_expiry)
+        } else {
+            None
+        };
         match (stored, !c.clean_start) {
             (Some(q), true) => {
                 // A resumed session's queue is durable, whatever this CONNECT asks
@@ -314,24 +323,23 @@ impl Session {
                 }
                 // Exactly once across reconnects: the packet ids the client has
                 // not released, and our PUBRELs it has not completed.
-                let state = self.stored.take(&self.broker, &self.client_id);
-                self.incoming_qos2 = state.incoming_qos2;
-                self.pubrel_pending = state.pubrel_pending;
-                let mut ids: Vec<u16> = self.pubrel_pending.iter().copied().collect();
-                ids.sort_unstable();
-                for packet_id in ids {
-                    self.resume_out.push(Packet::PubRel(PubAckLike {
-                        packet_id,
-                        ..Default::default()
-                    }));
-                }
+                self.resume_stored(expiry_secs);
             }
             (Some(q), false) => {
                 // Clean start discards a stored session.
                 v.remove_queue(&q);
                 self.stored.forget(&self.broker, &self.client_id);
             }
+            // A session without subscriptions (a publisher's) has no queue,
+            // but it exists: its QoS 2 state is in the table.
+            (None, true) if self.stored.contains(&self.client_id) => {
+                session_present = true;
+                self.resume_stored(expiry_secs);
+            }
             (None, _) => self.stored.forget(&self.broker, &self.client_id),
+        }
+        if self.persistent && !session_present {
+            self.stored.take(&self.broker, &self.client_id, expiry_secs);
         }
         tracing::info!(peer = %self.peer, client_id = %self.client_id, user = %user, version = version.level(), "MQTT connection opened");
         let mut ack = self.connack(version, ReasonCode::SUCCESS, assigned);
@@ -343,6 +351,40 @@ impl Session {
 
     fn persistent_queue_name(&self) -> String {
         persistent_queue_name(&self.client_id)
+    }
+
+    /// Takes over a stored session's exactly-once state: the packet ids the
+    /// client has not released, and our PUBRELs it has not completed.
+    fn resume_stored(&mut self, expiry_secs: Option<u32>) {
+        let state = self.stored.take(&self.broker, &self.client_id, expiry_secs);
+        self.incoming_qos2 = state.incoming_qos2;
+        self.pubrel_pending = state.pubrel_pending;
+        let mut ids: Vec<u16> = self.pubrel_pending.iter().copied().collect();
+        ids.sort_unstable();
+        for packet_id in ids {
+            self.resume_out.push(Packet::PubRel(PubAckLike {
+                packet_id,
+                ..Default::default()
+            }));
+        }
+    }
+
+    /// Another connection takes the session over: close hands it on.
+    pub fn hand_over(&mut self) {
+        self.taken_over = true;
+    }
+
+    /// Whether CONNECT's credentials are good (checked before a takeover, so
+    /// a bad login cannot disconnect the session it names).
+    pub fn login_ok(&self, c: &Connect) -> bool {
+        let (user, password) = match (&c.username, &c.password) {
+            (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
+            (Some(u), None) => (u.clone(), String::new()),
+            (None, _) => ("guest".to_string(), "guest".to_string()),
+        };
+        self.users
+            .authenticate(&user, &password, self.peer.ip())
+            .is_ok()
     }
 
     /// Packets that follow a successful CONNACK (PUBRELs a resumed session
@@ -1046,20 +1088,27 @@ impl Session {
         for (_, (q, tag)) in self.shared.drain() {
             v.cancel_consumer(&q, self.id, 0, &tag);
         }
-        if self.persistent && !self.client_id.is_empty() {
+        let keep = self.persistent || self.taken_over;
+        if keep && !self.client_id.is_empty() {
             // v5: removed once the Session Expiry Interval has passed
             // (0xFFFFFFFF: never); 3.x persistent sessions never expire.
             let expires_at = (self.v5() && self.session_expiry != u32::MAX)
                 .then(|| tributary_core::args::now_ms() + u64::from(self.session_expiry) * 1000);
             let state = super::stored::StoredSession {
                 expires_at,
+                expiry_secs: (self.v5() && self.session_expiry != u32::MAX)
+                    .then_some(self.session_expiry),
                 incoming_qos2: std::mem::take(&mut self.incoming_qos2),
                 pubrel_pending: std::mem::take(&mut self.pubrel_pending),
             };
             self.stored.store(&self.broker, &self.client_id, state);
         }
+        if !keep && !self.client_id.is_empty() {
+            // A session that ends with its connection leaves nothing behind.
+            self.stored.forget(&self.broker, &self.client_id);
+        }
         if let Some(q) = self.queue.take() {
-            if self.persistent {
+            if keep {
                 // The session outlives the connection: only the consumer goes.
                 v.cancel_consumer(&q, self.id, 0, &self.consumer_tag());
             } else {

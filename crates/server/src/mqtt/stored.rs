@@ -19,6 +19,10 @@ pub struct StoredSession {
     /// When the session is removed (milliseconds since the epoch); `None`
     /// while connected or for a session that never expires.
     pub expires_at: Option<u64>,
+    /// The Session Expiry Interval in seconds (`None`: never expires), so a
+    /// session that was connected when the broker stopped still expires.
+    #[serde(default)]
+    pub expiry_secs: Option<u32>,
     /// QoS 2 packet ids received from the client and not yet released.
     pub incoming_qos2: HashSet<u16>,
     /// Packet ids of our QoS 2 deliveries waiting for PUBCOMP.
@@ -32,12 +36,19 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Loads the table from the store's rows.
+    /// Loads the table from the store's rows. A session that was connected
+    /// when the broker stopped ended then: its expiry starts now.
     pub fn load(rows: Vec<(String, Vec<u8>)>) -> Arc<Self> {
+        let now = tributary_core::args::now_ms();
         let mut sessions = HashMap::new();
         for (client_id, bytes) in rows {
             match serde_json::from_slice::<StoredSession>(&bytes) {
-                Ok(s) => {
+                Ok(mut s) => {
+                    if s.expires_at.is_none()
+                        && let Some(secs) = s.expiry_secs
+                    {
+                        s.expires_at = Some(now + u64::from(secs) * 1000);
+                    }
                     sessions.insert(client_id, s);
                 }
                 Err(e) => {
@@ -50,15 +61,33 @@ impl SessionTable {
         })
     }
 
-    /// A client connected and resumed its session: its state moves into
-    /// the connection, and the session stops expiring.
-    pub fn take(&self, broker: &Broker, client_id: &str) -> StoredSession {
+    /// Whether a stored session exists for `client_id`.
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.sessions.lock().contains_key(client_id)
+    }
+
+    /// A client connected with a persistent session: its stored state moves
+    /// into the connection, and the row now says "connected" (no deadline,
+    /// but the interval, in case the broker stops before the client does).
+    pub fn take(
+        &self,
+        broker: &Broker,
+        client_id: &str,
+        expiry_secs: Option<u32>,
+    ) -> StoredSession {
         let taken = self.sessions.lock().remove(client_id);
-        if taken.is_some()
-            && let Some(p) = broker.persistence()
+        let connected = StoredSession {
+            expiry_secs,
+            ..StoredSession::default()
+        };
+        if let Some(p) = broker.persistence()
+            && let Ok(bytes) = serde_json::to_vec(&connected)
         {
-            p.delete_definition(TABLE, client_id);
+            p.put_definition(TABLE, client_id, &bytes);
         }
+        self.sessions
+            .lock()
+            .insert(client_id.to_string(), connected);
         taken.unwrap_or_default()
     }
 
