@@ -88,6 +88,38 @@ enum UserCommand {
         /// New password.
         password: String,
     },
+    /// Set a user's permissions in a virtual host (as `rabbitmqctl set_permissions`):
+    /// regular expressions over exchange and queue names; "" matches nothing.
+    #[command(name = "set_permissions")]
+    SetPermissions {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        /// Login name.
+        name: String,
+        /// Which resources the user may declare and delete.
+        configure: String,
+        /// Which resources the user may publish to (and bind queues to).
+        write: String,
+        /// Which resources the user may consume from (and bind from).
+        read: String,
+    },
+    /// Remove a user's permissions in a virtual host.
+    #[command(name = "clear_permissions")]
+    ClearPermissions {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        /// Login name.
+        name: String,
+    },
+    /// List users' permissions in a virtual host.
+    #[command(name = "list_permissions")]
+    ListPermissions {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -150,6 +182,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 UserCommand::Passwd { name, password } => {
                     admin.passwd(&name, &password)?;
                     println!("Changing password for user \"{name}\" ...");
+                }
+                UserCommand::SetPermissions {
+                    vhost,
+                    name,
+                    configure,
+                    write,
+                    read,
+                } => {
+                    println!("Setting permissions for user \"{name}\" in vhost \"{vhost}\" ...");
+                    admin.set_permissions(
+                        &name,
+                        &vhost,
+                        users::Permission {
+                            configure,
+                            write,
+                            read,
+                        },
+                    )?;
+                }
+                UserCommand::ClearPermissions { vhost, name } => {
+                    println!("Clearing permissions for user \"{name}\" in vhost \"{vhost}\" ...");
+                    admin.clear_permissions(&name, &vhost)?;
+                }
+                UserCommand::ListPermissions { vhost } => {
+                    println!("user\tconfigure\twrite\tread");
+                    for u in admin.list()? {
+                        if let Some(p) = u.permissions.get(&vhost) {
+                            println!("{}\t{}\t{}\t{}", u.name, p.configure, p.write, p.read);
+                        }
+                    }
                 }
                 UserCommand::List => {
                     println!("user\ttags");

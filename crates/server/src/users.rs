@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,59 @@ pub struct User {
     /// SCRAM-SHA-256 keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scram_sha256: Option<StoredScram>,
+    /// Permissions by virtual host, as RabbitMQ's `set_permissions`.
+    #[serde(default)]
+    pub permissions: BTreeMap<String, Permission>,
 }
+
+/// What a user may do in one virtual host: three regular expressions over
+/// resource names (exchanges, queues), as RabbitMQ applies them. An empty
+/// expression matches nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Permission {
+    /// Declare and delete resources.
+    pub configure: String,
+    /// Publish to exchanges, bind queues (the destination).
+    pub write: String,
+    /// Consume and get from queues, bind from exchanges (the source).
+    pub read: String,
+}
+
+impl Permission {
+    /// Everything (`.*` three times), what `guest` gets on `/`.
+    pub fn all() -> Self {
+        Permission {
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        }
+    }
+}
+
+/// The kind of access an operation needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Declare or delete.
+    Configure,
+    /// Publish or bind to.
+    Write,
+    /// Consume or bind from.
+    Read,
+}
+
+impl Access {
+    /// The word RabbitMQ uses in its refusals.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        }
+    }
+}
+
+/// The virtual host every protocol uses until there are others.
+pub const DEFAULT_VHOST: &str = "/";
 
 /// SCRAM keys as stored in `users.json` (RFC 5802 §3), base64-encoded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -83,6 +135,7 @@ fn new_user(name: &str, password: &str, tags: Vec<String>) -> Result<User, UserE
         tags,
         scram_sha1: None,
         scram_sha256: None,
+        permissions: BTreeMap::new(),
     };
     set_scram(&mut user, password)?;
     Ok(user)
@@ -133,6 +186,9 @@ pub enum UserError {
     /// Hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// A permission is not a valid regular expression.
+    #[error("invalid permission pattern: {0}")]
+    BadPattern(String),
 }
 
 /// Why a login was refused (the detail is logged, never sent to the client).
@@ -158,6 +214,8 @@ struct Loaded {
     modified: Option<SystemTime>,
     users: HashMap<String, User>,
     verified: HashMap<(String, String), Instant>,
+    /// Compiled permission patterns by their text (None: invalid, matches nothing).
+    patterns: HashMap<String, Option<regex::Regex>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UserError + '_ {
@@ -176,12 +234,26 @@ pub fn hash_password(password: &str) -> Result<String, UserError> {
         .map_err(|e| UserError::Hash(e.to_string()))
 }
 
+/// The current `users.json` format: 2 added permissions.
+const FORMAT_VERSION: u32 = 2;
+
 fn read_file(path: &Path) -> Result<UserFile, UserError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| UserError::Corrupt {
-            path: path.to_owned(),
-            message: e.to_string(),
-        }),
+        Ok(bytes) => {
+            let mut file: UserFile =
+                serde_json::from_slice(&bytes).map_err(|e| UserError::Corrupt {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+            if file.format_version < 2 {
+                // Before permissions existed every user could do everything.
+                for user in &mut file.users {
+                    user.permissions
+                        .insert(DEFAULT_VHOST.to_string(), Permission::all());
+                }
+            }
+            Ok(file)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UserFile::default()),
         Err(e) => Err(io_err(path)(e)),
     }
@@ -222,12 +294,15 @@ impl UserAdmin {
             return Ok(());
         }
         let mut file = UserFile {
-            format_version: 1,
+            format_version: FORMAT_VERSION,
             users: Vec::new(),
         };
         if create_guest {
-            file.users
-                .push(new_user("guest", "guest", vec!["administrator".into()])?);
+            let mut guest = new_user("guest", "guest", vec!["administrator".into()])?;
+            guest
+                .permissions
+                .insert(DEFAULT_VHOST.to_string(), Permission::all());
+            file.users.push(guest);
         }
         write_file(&self.path, &file)
     }
@@ -237,7 +312,7 @@ impl UserAdmin {
         f: impl FnOnce(&mut Vec<User>) -> Result<(), UserError>,
     ) -> Result<(), UserError> {
         let mut file = read_file(&self.path)?;
-        file.format_version = 1;
+        file.format_version = FORMAT_VERSION;
         f(&mut file.users)?;
         write_file(&self.path, &file)
     }
@@ -281,6 +356,45 @@ impl UserAdmin {
         })
     }
 
+    /// Sets a user's permissions in a virtual host (`rabbitmqctl
+    /// set_permissions`); each expression must be a valid regular expression.
+    pub fn set_permissions(
+        &self,
+        name: &str,
+        vhost: &str,
+        permission: Permission,
+    ) -> Result<(), UserError> {
+        for (what, re) in [
+            ("configure", &permission.configure),
+            ("write", &permission.write),
+            ("read", &permission.read),
+        ] {
+            if let Err(e) = regex::Regex::new(re) {
+                return Err(UserError::BadPattern(format!("{what} `{re}`: {e}")));
+            }
+        }
+        self.edit(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::Missing(name.into()))?;
+            user.permissions.insert(vhost.to_string(), permission);
+            Ok(())
+        })
+    }
+
+    /// Removes a user's permissions in a virtual host.
+    pub fn clear_permissions(&self, name: &str, vhost: &str) -> Result<(), UserError> {
+        self.edit(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::Missing(name.into()))?;
+            user.permissions.remove(vhost);
+            Ok(())
+        })
+    }
+
     /// Lists users.
     pub fn list(&self) -> Result<Vec<User>, UserError> {
         Ok(read_file(&self.path)?.users)
@@ -315,7 +429,46 @@ impl UserDb {
             .collect();
         st.modified = modified;
         st.verified.clear();
+        st.patterns.clear();
         Ok(())
+    }
+
+    /// Whether `name` may use virtual host `vhost` at all (has permissions there).
+    pub fn vhost_access(&self, name: &str, vhost: &str) -> bool {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        self.state
+            .lock()
+            .users
+            .get(name)
+            .is_some_and(|u| u.permissions.contains_key(vhost))
+    }
+
+    /// Whether `name` has `access` to the exchange or queue `resource` in
+    /// `vhost`: the matching expression must match somewhere in the name
+    /// (RabbitMQ's semantics; anchor with `^…$`), and an empty one never does.
+    pub fn check(&self, name: &str, vhost: &str, access: Access, resource: &str) -> bool {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        let mut st = self.state.lock();
+        let Some(permission) = st.users.get(name).and_then(|u| u.permissions.get(vhost)) else {
+            return false;
+        };
+        let pattern = match access {
+            Access::Configure => permission.configure.clone(),
+            Access::Write => permission.write.clone(),
+            Access::Read => permission.read.clone(),
+        };
+        if pattern.is_empty() {
+            return false;
+        }
+        let compiled = st
+            .patterns
+            .entry(pattern.clone())
+            .or_insert_with(|| regex::Regex::new(&pattern).ok());
+        compiled.as_ref().is_some_and(|re| re.is_match(resource))
     }
 
     /// Checks a login; `peer` enforces loopback-only users.

@@ -276,11 +276,16 @@ class TributaryBroker(Broker):
             )
         return res
 
-    def add_user(self, name: str, password: str, tags=None):
+    def add_user(self, name: str, password: str, tags=None, permissions=(".*", ".*", ".*")):
+        """`tributary user add`, then (as RabbitMQ, a new user has no permissions) the given
+        configure/write/read permissions on vhost `/` unless `permissions` is None."""
         args = ["user", "add", name, password]
         if tags:
             args += ["--tags", ",".join(tags)]
-        return self.cli(*args)
+        res = self.cli(*args)
+        if permissions is not None:
+            self.cli("user", "set_permissions", name, *permissions)
+        return res
 
 
 @pytest.fixture

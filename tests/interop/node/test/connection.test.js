@@ -131,6 +131,7 @@ test('an exclusive queue is locked (405) for another connection and goes away wi
 test('users added with the CLI while the broker runs can log in at once', { skip: h.isExternal && 'needs the tributary CLI' }, async () => {
   const user = h.uniqueName('alice');
   await ctx.broker.cli('user', 'add', user, 's3cret-pw');
+  await ctx.broker.cli('user', 'set_permissions', user, '.*', '.*', '.*');
   const conn = await ctx.connect({ user, password: 's3cret-pw' });
   const ch = await h.openChannel(conn);
   await ch.assertQueue('', { exclusive: true });

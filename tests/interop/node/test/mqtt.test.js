@@ -226,6 +226,7 @@ for (const { v, name } of VERSIONS) {
     assert.equal(e2.code, refused, e2.message);
     const user = h.uniqueName('mqttuser');
     await ctx.broker.cli('user', 'add', user, 's3cret');
+    await ctx.broker.cli('user', 'set_permissions', user, '.*', '.*', '.*');
     const ok = await mq({ version: v, username: user, password: 's3cret' });
     assert.equal(ok.connected, true);
     const e3 = await mqRefused({ version: v, username: user, password: 's3cret-not' });
