@@ -314,6 +314,7 @@ async fn start_xmpp(
         let (bridge, rx) = crate::xmpp::bridge::Bridge::start(
             broker.clone(),
             store.clone(),
+            users.clone(),
             &config.xmpp.domain,
             &config.xmpp.bridge_exchange,
         )?;

@@ -956,3 +956,46 @@ async def test_xmpp_to_amqp_message_is_persistent(bb_restartable):
         assert amqp.get(durable) is None
     finally:
         amqp.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Permissions apply across the bridge
+
+
+@aio
+async def test_denied_cross_protocol_publish_and_subscribe(bb, xmpp, clients):
+    """A user whose permissions allow no write (and no read) on amq.topic can neither publish
+    through the bridge nor subscribe to pubsub nodes: <forbidden/>, nothing published; the same
+    user may still chat, and a permitted user may publish."""
+    bb.add_user("mallory", "pw-mallory", permissions=("", "^$", "^$"))
+    alice_pw = add_users(bb, "alice")["alice"]
+    mallory = await xmpp.new(bb, "mallory", "pw-mallory", "desk").online()
+    alice = await xmpp.new(bb, "alice", alice_pw, "desk").online()
+    amqp = clients.add(Threaded(Amqp, bb))
+    everything = await amqp.call("consume", "amq.topic", "#")
+
+    m = mallory.c.make_message(mto=f"{BRIDGE}/devices/kitchen/cmd", mbody="open the door")
+    m["id"] = "denied-1"
+    m.send()
+    err = await mallory.next_stanza(lambda s: s.xml.get("type") == "error")
+    assert err.xml.get("id") == "denied-1", to_str(err.xml)
+    assert stanza_error(err.xml) == ("auth", "forbidden"), to_str(err.xml)
+
+    ps = mallory.c.plugin["xep_0060"]
+    with pytest.raises(IqError) as denied:
+        await ps.subscribe(TOPICS, "sensors/#", timeout=WAIT)
+    assert denied.value.condition == "forbidden", str(denied.value.iq)
+    with pytest.raises(IqError) as denied:
+        await ps.publish(TOPICS, "devices/kitchen/cmd", payload=ET.fromstring(
+            "<payload xmlns='urn:tributary:bridge:0'><body>open</body></payload>"), timeout=WAIT)
+    assert denied.value.condition == "forbidden", str(denied.value.iq)
+
+    # Chat between accounts is not the bridge: it still works.
+    mallory.c.send_message(mto=ALICE, mbody="hello alice", mtype="chat")
+    assert (await alice.next_message())["body"] == "hello alice"
+
+    # Nothing of mallory's reached amq.topic: the first message there is alice's.
+    alice.c.send_message(mto=f"{BRIDGE}/devices/kitchen/cmd", mbody="allowed")
+    method, props, body = await amqp.call("next", everything)
+    assert (method.routing_key, body) == ("devices.kitchen.cmd", b"allowed"), body
+    assert props.headers["xmpp-from"] == f"{ALICE}/desk"

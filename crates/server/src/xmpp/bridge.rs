@@ -126,6 +126,7 @@ struct Subscription {
 pub struct Bridge {
     broker: Arc<Broker>,
     store: Arc<Store>,
+    users: Arc<crate::users::UserDb>,
     /// `bridge.<domain>`: direct messages to and from the core.
     pub direct_domain: String,
     /// `topics.<domain>`: the pubsub service over MQTT topics.
@@ -145,6 +146,7 @@ impl Bridge {
     pub fn start(
         broker: Arc<Broker>,
         store: Arc<Store>,
+        users: Arc<crate::users::UserDb>,
         domain: &str,
         exchange: &str,
     ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<Inbound>)> {
@@ -153,6 +155,7 @@ impl Bridge {
             conn: broker.next_connection_id(),
             broker,
             store,
+            users,
             direct_domain: format!("bridge.{domain}"),
             pubsub_domain: format!("topics.{domain}"),
             exchange: exchange.to_string(),
@@ -272,6 +275,16 @@ impl Bridge {
         Ok(())
     }
 
+    /// Whether the sender of `stanza` (a local user) has `access` to
+    /// `amq.topic` in the default vhost: the bridge applies the same
+    /// permissions as AMQP and MQTT.
+    fn may(&self, stanza: &Element, access: crate::users::Access) -> bool {
+        let from = stanza.attr("from").unwrap_or("");
+        let user = from.split(['@', '/']).next().unwrap_or("");
+        self.users
+            .check(user, crate::users::DEFAULT_VHOST, access, TOPIC_EXCHANGE)
+    }
+
     /// A stanza from a local user to a bridge domain; returns the replies
     /// for the sender.
     pub fn handle_xmpp(&self, stanza: &Element) -> Vec<Element> {
@@ -300,6 +313,9 @@ impl Bridge {
             return Vec::new();
         }
         match resource.filter(|t| validate_topic_name(t).is_ok()) {
+            Some(_) if !self.may(stanza, crate::users::Access::Write) => {
+                error_reply(stanza, "auth", "forbidden")
+            }
             Some(topic) => {
                 self.publish_message(stanza, topic);
                 Vec::new()
@@ -409,6 +425,13 @@ impl Bridge {
         let Some(op) = pubsub.elements().next() else {
             return reply_error(iq, "modify", "bad-request");
         };
+        let needed = match op.name.as_str() {
+            "publish" => crate::users::Access::Write,
+            _ => crate::users::Access::Read,
+        };
+        if !self.may(iq, needed) {
+            return reply_error(iq, "auth", "forbidden");
+        }
         match (kind, op.name.as_str()) {
             ("set", "subscribe") => self.subscribe(iq, op, &bare),
             ("set", "unsubscribe") => self.unsubscribe(iq, op, &bare),
