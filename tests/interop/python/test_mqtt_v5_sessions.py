@@ -384,7 +384,7 @@ def test_more_open_inbound_qos2_exchanges_than_receive_maximum_gets_0x93(mqtt_br
     ch.queue_bind(q, "amq.topic", "rm.#")
     c, ack = mqtt_conn(b, "flooder")
     limit = ack.properties.get("ReceiveMaximum", 65535)
-    assert limit == 64, f"this test expects our Receive Maximum of 64, CONNACK says {limit}"
+    assert limit < 65535, f"CONNACK advertises no Receive Maximum to enforce ({limit})"
     for pid in range(1, limit + 1):
         c.publish("rm/x", b"%d" % pid, 2, packet_id=pid)
     assert sorted(c.expect(PUBREC).packet_id for _ in range(limit)) == list(range(1, limit + 1))
@@ -393,15 +393,15 @@ def test_more_open_inbound_qos2_exchanges_than_receive_maximum_gets_0x93(mqtt_br
     assert c.expect(PUBREC).packet_id == 1
     c.ack(PUBREL, 1)
     assert c.expect(PUBCOMP).packet_id == 1
-    c.publish("rm/x", b"65", 2, packet_id=65)
-    assert c.expect(PUBREC).packet_id == 65
-    c.publish("rm/x", b"66", 2, packet_id=66)  # 65 open: one too many
+    c.publish("rm/x", b"%d" % (limit + 1), 2, packet_id=limit + 1)
+    assert c.expect(PUBREC).packet_id == limit + 1
+    c.publish("rm/x", b"%d" % (limit + 2), 2, packet_id=limit + 2)  # limit + 1 open: one too many
     d = c.expect(DISCONNECT)
     assert d.reason == 0x93, f"expected DISCONNECT 0x93 (Receive Maximum exceeded), got {d!r}"
     c.expect_closed()
     c.close()
     count = ch.queue_declare(q, passive=True).method.message_count
-    assert count == limit + 1, f"{count} messages routed, expected 1..65 once each (not the DUP, not 66)"
+    assert count == limit + 1, f"{count} messages routed, expected 1..{limit + 1} once each"
     conn.close()
 
 

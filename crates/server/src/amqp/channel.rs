@@ -89,6 +89,40 @@ pub struct Channel {
     pub awaiting_durable: VecDeque<u64>,
     /// Every publish up to this sequence number has been confirmed (or is about to be).
     pub confirmed_upto: u64,
+    /// Exchanges this channel was found to have write access to.
+    pub publish_permits: PublishPermits,
+}
+
+/// Most exchanges a channel remembers write access to (RabbitMQ keeps 12).
+const PUBLISH_PERMITS_MAX: usize = 16;
+
+/// The exchanges a channel may publish to, as checked under one generation of
+/// the user database: basic.publish checks its exchange once, not per message,
+/// until `users.json` changes.
+#[derive(Default)]
+pub struct PublishPermits {
+    generation: u64,
+    exchanges: Vec<Box<[u8]>>,
+}
+
+impl PublishPermits {
+    /// Whether write access to `exchange` was granted under `generation`.
+    pub fn allows(&self, generation: u64, exchange: &[u8]) -> bool {
+        self.generation == generation && self.exchanges.iter().any(|e| **e == *exchange)
+    }
+
+    /// Records write access to `exchange`, checked under `generation` (which
+    /// forgets what earlier generations granted).
+    pub fn allow(&mut self, generation: u64, exchange: &[u8]) {
+        if self.generation != generation {
+            self.generation = generation;
+            self.exchanges.clear();
+        }
+        if self.exchanges.len() >= PUBLISH_PERMITS_MAX {
+            self.exchanges.remove(0);
+        }
+        self.exchanges.push(exchange.into());
+    }
 }
 
 impl Channel {
@@ -192,5 +226,27 @@ pub fn settle(deliveries: Vec<Unacked>, outcome: Outcome) {
     }
     for (q, entries) in requeue {
         q.requeue(entries);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublishPermits;
+
+    #[test]
+    fn publish_permits_last_one_generation() {
+        let mut p = PublishPermits::default();
+        assert!(!p.allows(0, b""));
+        p.allow(3, b"amq.topic");
+        assert!(p.allows(3, b"amq.topic"));
+        assert!(!p.allows(3, b"amq.direct"));
+        assert!(!p.allows(4, b"amq.topic"));
+        p.allow(4, b"amq.direct");
+        assert!(!p.allows(4, b"amq.topic"));
+        for i in 0..40u8 {
+            p.allow(4, &[i]);
+        }
+        assert!(p.allows(4, &[39]));
+        assert!(!p.allows(4, &[0]));
     }
 }

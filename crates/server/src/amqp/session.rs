@@ -5,7 +5,7 @@
 use super::channel::{Channel, ChannelConsumer, Confirm, Outcome, TxOp, Unacked, settle};
 use super::consumer::{AmqpConsumer, ConnectionCredit, Outbound, Sink};
 use super::props;
-use crate::users::{AuthError, UserDb};
+use crate::users::{Access, AuthError, DEFAULT_VHOST, UserDb};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +15,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tributary_amqp::reply;
 use tributary_amqp::{BasicProperties, Connection, Event, FieldValue, Method, ShortStr};
 use tributary_core::{
-    Broker, ConnectionId, ConsumerOptions, CoreError, ExchangeOptions, Message, QueueOptions,
-    Routed, VHost,
+    Broker, ConnectionId, ConsumerOptions, CoreError, ExchangeKind, ExchangeOptions, Message,
+    QueueOptions, Routed, Table, VHost,
 };
 
 /// Maps a core refusal to its AMQP reply code and whether it closes the whole
@@ -140,7 +140,17 @@ impl Session {
                 Flow::Continue
             }
             Event::Open { vhost } => {
+                let user = self.user.clone().unwrap_or_default();
                 match self.broker.vhost(&vhost) {
+                    Some(_) if !self.users.vhost_access(&user, &vhost) => {
+                        tracing::warn!(peer = %self.peer, user = %user, vhost = %vhost, "AMQP vhost access refused");
+                        conn.reject_open(
+                            reply::NOT_ALLOWED,
+                            &format!(
+                                "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}'"
+                            ),
+                        );
+                    }
                     Some(v) => {
                         self.vhost = Some(v);
                         let capability = |name: &str| {
@@ -215,6 +225,52 @@ impl Session {
             Some(v) => v.clone(),
             None => self.broker.default_vhost().clone(),
         }
+    }
+
+    fn vhost_name(&self) -> &str {
+        self.vhost.as_ref().map_or(DEFAULT_VHOST, |v| v.name())
+    }
+
+    /// RabbitMQ's resource check: `access` to the exchange or queue (`kind`)
+    /// called `name` in this connection's vhost, refused with its 403 text.
+    /// The default exchange is checked under the name `amq.default`.
+    fn permit(&self, access: Access, kind: &str, name: &str) -> Result<(), CoreError> {
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let user = self.user.as_deref().unwrap_or("");
+        let vhost = self.vhost_name();
+        if self.users.check(user, vhost, access, name) {
+            return Ok(());
+        }
+        Err(CoreError::AccessRefused(format!(
+            "{} access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'",
+            access.as_str()
+        )))
+    }
+
+    /// Write access to `exchange` for basic.publish, checked once per channel
+    /// and exchange while the user database stays the same.
+    fn permit_publish(&mut self, channel: u16, exchange: &[u8]) -> Result<(), CoreError> {
+        let generation = self.users.generation();
+        if self
+            .channels
+            .get(&channel)
+            .is_some_and(|ch| ch.publish_permits.allows(generation, exchange))
+        {
+            return Ok(());
+        }
+        self.permit(
+            Access::Write,
+            "exchange",
+            &String::from_utf8_lossy(exchange),
+        )?;
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.publish_permits.allow(generation, exchange);
+        }
+        Ok(())
     }
 
     fn channel_error(
@@ -452,6 +508,10 @@ impl Session {
             );
             return;
         }
+        if let Err(e) = self.permit_publish(channel, exchange.as_bytes()) {
+            self.channel_error(conn, channel, e, ids);
+            return;
+        }
         if let Some(uid) = &properties.user_id
             && Some(uid.as_bytes()) != self.user.as_deref().map(str::as_bytes)
         {
@@ -621,6 +681,10 @@ impl Session {
                 arguments,
                 ..
             } => {
+                let arguments = props::table_to_core(arguments);
+                if !passive {
+                    self.permit_exchange_declare(&vhost, text(&exchange), text(&kind), &arguments)?;
+                }
                 vhost.declare_exchange(text(&exchange), text(&kind), passive, |kind| {
                     ExchangeOptions {
                         delayed: false,
@@ -628,7 +692,7 @@ impl Session {
                         durable,
                         auto_delete,
                         internal,
-                        arguments: props::table_to_core(arguments),
+                        arguments,
                     }
                 })?;
                 if !nowait {
@@ -641,7 +705,12 @@ impl Session {
                 nowait,
                 ..
             } => {
-                vhost.delete_exchange(text(&exchange), if_unused)?;
+                let name = text(&exchange);
+                // The default and amq.* exchanges are refused as such first.
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    self.permit(Access::Configure, "exchange", name)?;
+                }
+                vhost.delete_exchange(name, if_unused)?;
                 if !nowait {
                     conn.send_method(channel, &Method::ExchangeDeleteOk);
                 }
@@ -654,6 +723,7 @@ impl Session {
                 arguments,
                 ..
             } => {
+                self.permit_binding("exchange", text(&destination), text(&source))?;
                 vhost.bind_exchange(
                     text(&destination),
                     text(&source),
@@ -672,6 +742,7 @@ impl Session {
                 arguments,
                 ..
             } => {
+                self.permit_binding("exchange", text(&destination), text(&source))?;
                 vhost.unbind_exchange(
                     text(&destination),
                     text(&source),
@@ -703,7 +774,11 @@ impl Session {
                 } else {
                     text(&queue).to_string()
                 };
-                let d = vhost.declare_queue(&name, passive, options, id)?;
+                let d = if passive {
+                    vhost.declare_queue(&name, passive, options, id)?
+                } else {
+                    self.declare_queue_permitted(&vhost, &name, options)?
+                };
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.last_queue = Some(d.queue.name_arc().clone());
                 }
@@ -727,6 +802,7 @@ impl Session {
                 ..
             } => {
                 let q = self.queue_name(channel, &queue)?;
+                self.permit_binding("queue", &q, text(&exchange))?;
                 vhost.bind_queue(
                     &q,
                     text(&exchange),
@@ -746,6 +822,7 @@ impl Session {
                 ..
             } => {
                 let q = self.queue_name(channel, &queue)?;
+                self.permit_binding("queue", &q, text(&exchange))?;
                 vhost.unbind_queue(
                     &q,
                     text(&exchange),
@@ -756,7 +833,9 @@ impl Session {
                 conn.send_method(channel, &Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {
-                let q = vhost.queue(&self.queue_name(channel, &queue)?, id)?;
+                let name = self.queue_name(channel, &queue)?;
+                self.permit(Access::Read, "queue", &name)?;
+                let q = vhost.queue(&name, id)?;
                 let n = q.purge();
                 if !nowait {
                     conn.send_method(
@@ -775,6 +854,7 @@ impl Session {
                 ..
             } => {
                 let name = self.queue_name(channel, &queue)?;
+                self.permit(Access::Configure, "queue", &name)?;
                 let n = vhost.delete_queue(&name, if_unused, if_empty, id)?;
                 if !nowait {
                     conn.send_method(channel, &Method::QueueDeleteOk { message_count: n });
@@ -843,7 +923,9 @@ impl Session {
                 }
             }
             Method::BasicGet { queue, no_ack, .. } => {
-                let q = vhost.queue(&self.queue_name(channel, &queue)?, id)?;
+                let name = self.queue_name(channel, &queue)?;
+                self.permit(Access::Read, "queue", &name)?;
+                let q = vhost.queue(&name, id)?;
                 match q.get(no_ack) {
                     None => conn.send_method(
                         channel,
@@ -1019,6 +1101,96 @@ impl Session {
         Ok(())
     }
 
+    /// exchange.declare (not passive): configure on the exchange and, for a
+    /// new one with an `alternate-exchange`, read on it and write on the
+    /// alternate, in RabbitMQ's order (an unknown type and the default
+    /// exchange are refused as such first).
+    fn permit_exchange_declare(
+        &self,
+        vhost: &VHost,
+        name: &str,
+        kind: &str,
+        arguments: &Table,
+    ) -> Result<(), CoreError> {
+        let known_kind = kind == "x-delayed-message" || ExchangeKind::parse(kind).is_some();
+        if name.is_empty() || !known_kind {
+            return Ok(());
+        }
+        self.permit(Access::Configure, "exchange", name)?;
+        if vhost.exchange(name).is_err()
+            && !name.starts_with("amq.")
+            && let Some(alternate) = arguments
+                .get("alternate-exchange")
+                .and_then(tributary_core::Value::as_str)
+        {
+            self.permit(Access::Read, "exchange", name)?;
+            self.permit(Access::Write, "exchange", alternate)?;
+        }
+        Ok(())
+    }
+
+    /// queue.bind / unbind and exchange.bind / unbind: write on the
+    /// destination, then (unless the default exchange is involved, which the
+    /// core refuses) read on the source exchange.
+    fn permit_binding(
+        &self,
+        destination_kind: &str,
+        destination: &str,
+        source: &str,
+    ) -> Result<(), CoreError> {
+        self.permit(Access::Write, destination_kind, destination)?;
+        let default_involved =
+            source.is_empty() || (destination_kind == "exchange" && destination.is_empty());
+        if !default_involved {
+            self.permit(Access::Read, "exchange", source)?;
+        }
+        Ok(())
+    }
+
+    /// queue.declare (not passive): configure on the queue (a server-named
+    /// one is checked under its `amq.gen-…` name) and, for a new queue with
+    /// an `x-dead-letter-exchange`, read on the queue and write on that
+    /// exchange; then the declaration itself.
+    fn declare_queue_permitted(
+        &self,
+        vhost: &VHost,
+        name: &str,
+        options: QueueOptions,
+    ) -> Result<tributary_core::DeclaredQueue, CoreError> {
+        let id = self.id;
+        if name.starts_with("amq.") {
+            // Refused as a reserved name first, as in RabbitMQ.
+            return vhost.declare_queue(name, false, options, id);
+        }
+        let dead_letter = options
+            .arguments
+            .get("x-dead-letter-exchange")
+            .and_then(tributary_core::Value::as_str)
+            .map(str::to_string);
+        let check = |queue: &str, new: bool| -> Result<(), CoreError> {
+            self.permit(Access::Configure, "queue", queue)?;
+            if new && let Some(x) = &dead_letter {
+                self.permit(Access::Read, "queue", queue)?;
+                self.permit(Access::Write, "exchange", x)?;
+            }
+            Ok(())
+        };
+        if !name.is_empty() {
+            let new = matches!(vhost.queue(name, id), Err(CoreError::NotFound(_)));
+            check(name, new)?;
+            return vhost.declare_queue(name, false, options, id);
+        }
+        // The core names the queue; check a name of the same shape first, then
+        // the real one (a pattern can only tell them apart by their random part).
+        check(&tributary_core::naming::unique_name("amq.gen-"), true)?;
+        let declared = vhost.declare_queue("", false, options, id)?;
+        if let Err(e) = check(declared.queue.name(), true) {
+            vhost.remove_queue(&declared.queue);
+            return Err(e);
+        }
+        Ok(declared)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn consume(
         &mut self,
@@ -1032,7 +1204,9 @@ impl Session {
         exclusive: bool,
         nowait: bool,
     ) -> Result<(), CoreError> {
-        let q = vhost.queue(&self.queue_name(channel, &queue)?, self.id)?;
+        let name = self.queue_name(channel, &queue)?;
+        self.permit(Access::Read, "queue", &name)?;
+        let q = vhost.queue(&name, self.id)?;
         let Some(ch) = self.channels.get_mut(&channel) else {
             return Ok(());
         };

@@ -234,14 +234,14 @@ where
     }
     if publish_will && let Some(will) = session.take_will() {
         if will.delay == 0 {
-            will.publish(&ctx.broker, &ctx.retained);
+            will.publish(&ctx.broker, &ctx.retained, &ctx.users);
         } else {
             // v5 Will Delay Interval: published unless the client is back in time.
             let (ctx, client_id, conn) = (ctx.clone(), session.client_id.clone(), session.id);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(will.delay))).await;
                 if !ctx.registry.is_connected_elsewhere(&client_id, conn) {
-                    will.publish(&ctx.broker, &ctx.retained);
+                    will.publish(&ctx.broker, &ctx.retained, &ctx.users);
                 }
             });
         }

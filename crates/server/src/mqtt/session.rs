@@ -2,7 +2,7 @@
 //! (QoS 0, 1, 2), SUBSCRIBE/UNSUBSCRIBE as bindings of the client's queue on
 //! `amq.topic`, deliveries out (QoS 0 and 1, 2), wills, retained messages.
 
-use crate::users::UserDb;
+use crate::users::{Access, DEFAULT_VHOST, UserDb};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,6 +37,10 @@ const RETAIN_HEADER: &str = "x-mqtt-retain";
 const QOS_HEADER: &str = "x-mqtt-publish-qos";
 /// Deliveries in flight to one client before the queue waits (Receive Maximum).
 const INFLIGHT: u32 = 64;
+/// Our Receive Maximum (v5): QoS 2 exchanges a client may keep open towards
+/// us. Generous, because clients such as mqtt.js pipeline publishes; MQTT
+/// 3.1.1 has no such limit (packet ids bound it at 65535).
+const RECEIVE_MAXIMUM: u16 = 1024;
 
 /// What a queue sends to an MQTT connection task.
 pub enum Outbound {
@@ -104,6 +108,11 @@ pub struct Session {
     peer: SocketAddr,
     broker: Arc<Broker>,
     users: Arc<UserDb>,
+    /// The authenticated user (guest for anonymous clients).
+    user: String,
+    /// The user database generation under which write access to `amq.topic`
+    /// was last granted: PUBLISH checks it once, not per message.
+    publish_permit: Option<u64>,
     pub(super) version: Option<ProtocolVersion>,
     pub(super) client_id: String,
     pub(super) keep_alive: u16,
@@ -173,6 +182,8 @@ impl Session {
             peer,
             broker,
             users,
+            user: String::new(),
+            publish_permit: None,
             version: None,
             client_id: String::new(),
             keep_alive: 0,
@@ -222,7 +233,7 @@ impl Session {
         if version.is_v5() {
             let p = &mut ack.properties;
             p.assigned_client_identifier = assigned;
-            p.receive_maximum = Some(INFLIGHT as u16);
+            p.receive_maximum = Some(RECEIVE_MAXIMUM);
             p.maximum_qos = None;
             p.retain_available = Some(true);
             p.wildcard_subscription_available = Some(true);
@@ -270,6 +281,11 @@ impl Session {
             tracing::warn!(peer = %self.peer, user = %user, reason = %e, "MQTT login refused");
             return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
         }
+        if !self.users.vhost_access(&user, DEFAULT_VHOST) {
+            tracing::warn!(peer = %self.peer, user = %user, vhost = DEFAULT_VHOST, "MQTT vhost access refused");
+            return refuse(self, ReasonCode::NOT_AUTHORIZED);
+        }
+        self.user = user.clone();
         self.client_id = client_id;
         self.keep_alive = c.keep_alive;
         self.will = c.will;
@@ -374,8 +390,9 @@ impl Session {
         self.taken_over = true;
     }
 
-    /// Whether CONNECT's credentials are good (checked before a takeover, so
-    /// a bad login cannot disconnect the session it names).
+    /// Whether CONNECT's credentials are good and the user may use the vhost
+    /// (checked before a takeover, so a refused login cannot disconnect the
+    /// session it names).
     pub fn login_ok(&self, c: &Connect) -> bool {
         let (user, password) = match (&c.username, &c.password) {
             (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
@@ -385,6 +402,35 @@ impl Session {
         self.users
             .authenticate(&user, &password, self.peer.ip())
             .is_ok()
+            && self.users.vhost_access(&user, DEFAULT_VHOST)
+    }
+
+    /// Whether the user has `access` to the exchange or queue `resource`.
+    fn may(&self, access: Access, resource: &str) -> bool {
+        self.users
+            .check(&self.user, DEFAULT_VHOST, access, resource)
+    }
+
+    /// Whether the user may publish (write on `amq.topic`), checked once per
+    /// generation of the user database.
+    fn may_publish(&mut self) -> bool {
+        let generation = self.users.generation();
+        if self.publish_permit == Some(generation) {
+            return true;
+        }
+        let allowed = self.may(Access::Write, TOPIC_EXCHANGE);
+        self.publish_permit = allowed.then_some(generation);
+        allowed
+    }
+
+    /// Whether the user may subscribe through queue `queue`: configure,
+    /// write and read on it (declare, bind, consume) and read on `amq.topic`,
+    /// as RabbitMQ's MQTT plugin requires.
+    fn may_subscribe_via(&self, queue: &str) -> bool {
+        self.may(Access::Read, TOPIC_EXCHANGE)
+            && [Access::Configure, Access::Write, Access::Read]
+                .into_iter()
+                .all(|a| self.may(a, queue))
     }
 
     /// Packets that follow a successful CONNACK (PUBRELs a resumed session
@@ -418,27 +464,36 @@ impl Session {
         format!("mqtt-{}", self.id).into()
     }
 
+    /// The queue holding the client's subscriptions: durable for a
+    /// persistent session, exclusive otherwise.
+    fn subscription_queue_name(&self) -> String {
+        match &self.queue {
+            Some(q) => q.name().to_string(),
+            None if self.persistent => self.persistent_queue_name(),
+            None => format!("mqtt-subscription-{}", self.client_id),
+        }
+    }
+
     fn ensure_queue(&mut self) -> Result<Arc<Queue>, ReasonCode> {
         if let Some(q) = &self.queue {
             return Ok(q.clone());
         }
         let v = vhost(&self.broker);
-        let (name, options) = if self.persistent {
-            let options = QueueOptions {
+        let name = self.subscription_queue_name();
+        let options = if self.persistent {
+            QueueOptions {
                 durable: true,
                 exclusive: false,
                 auto_delete: false,
                 arguments: Table::default(),
-            };
-            (self.persistent_queue_name(), options)
+            }
         } else {
-            let options = QueueOptions {
+            QueueOptions {
                 durable: false,
                 exclusive: true,
                 auto_delete: true,
                 arguments: Table::default(),
-            };
-            (format!("mqtt-subscription-{}", self.client_id), options)
+            }
         };
         let q = v
             .declare_queue(&name, false, options, self.id)
@@ -632,6 +687,9 @@ impl Session {
         } else if topic.is_empty() {
             return self.disconnect(ReasonCode::PROTOCOL_ERROR);
         }
+        if !self.may_publish() {
+            return self.publish_refused(&p, out);
+        }
         let message = Self::to_message(
             &topic,
             p.qos,
@@ -658,7 +716,8 @@ impl Session {
             (QoS::ExactlyOnce, Some(id)) => {
                 // Our Receive Maximum bounds the QoS 2 exchanges a client keeps open.
                 if !self.incoming_qos2.contains(&id)
-                    && self.incoming_qos2.len() >= INFLIGHT as usize
+                    && self.v5()
+                    && self.incoming_qos2.len() >= usize::from(RECEIVE_MAXIMUM)
                 {
                     return self.disconnect(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
                 }
@@ -684,16 +743,60 @@ impl Session {
         End::No
     }
 
+    /// A PUBLISH without write access to `amq.topic`, as RabbitMQ answers it:
+    /// v5 PUBACK / PUBREC 0x87 Not authorized (QoS 0: dropped), the message
+    /// not routed nor retained; 3.1.1 has no way to say so and closes.
+    fn publish_refused(&mut self, p: &Publish, out: &mut Vec<Packet>) -> End {
+        if !self.v5() {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, user = %self.user, "MQTT publish refused (write access to exchange 'amq.topic'): closing the connection");
+            return End::Close {
+                packet: None,
+                will: true,
+            };
+        }
+        tracing::debug!(peer = %self.peer, client_id = %self.client_id, user = %self.user, "MQTT publish refused: no write access to exchange 'amq.topic'");
+        let refused = |packet_id| PubAckLike {
+            packet_id,
+            reason_code: ReasonCode::NOT_AUTHORIZED,
+            ..Default::default()
+        };
+        match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Some(id)) => {
+                self.ack_when_durable(Packet::PubAck(refused(id)), out);
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                // An error PUBREC ends the exchange: the id is not kept for a PUBREL.
+                self.incoming_qos2.remove(&id);
+                self.ack_when_durable(Packet::PubRec(refused(id)), out);
+            }
+            _ => {
+                return End::Close {
+                    packet: None,
+                    will: true,
+                };
+            }
+        }
+        End::No
+    }
+
     fn subscribe(&mut self, s: Subscribe, out: &mut Vec<Packet>) -> End {
-        let q = match self.ensure_queue() {
-            Ok(q) => q,
-            Err(code) => {
-                out.push(Packet::SubAck(SubAck {
-                    packet_id: s.packet_id,
-                    reason_codes: vec![code; s.filters.len()],
-                    ..Default::default()
-                }));
-                return End::No;
+        // The client's queue is declared, bound and consumed only with
+        // configure, write and read on it (and read on amq.topic).
+        let permitted = self.may_subscribe_via(&self.subscription_queue_name());
+        let q = if !permitted {
+            None
+        } else {
+            match self.ensure_queue() {
+                Ok(q) => Some(q),
+                Err(code) => {
+                    out.push(Packet::SubAck(SubAck {
+                        packet_id: s.packet_id,
+                        reason_codes: vec![code; s.filters.len()],
+                        ..Default::default()
+                    }));
+                    return End::No;
+                }
             }
         };
         let v = vhost(&self.broker);
@@ -715,6 +818,11 @@ impl Session {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
+            let Some(q) = q.as_ref() else {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, user = %self.user, filter = %sub.filter, "MQTT subscribe refused");
+                codes.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            };
             let key = filter_to_routing_key(&sub.filter);
             let granted = sub.options.qos;
             self.sub_flags.insert(
@@ -731,7 +839,7 @@ impl Session {
             }
             // One binding per filter, its granted QoS in the arguments (a resumed
             // session reads its subscriptions back from them).
-            self.unbind_filter(&v, &q, &key);
+            self.unbind_filter(&v, q, &key);
             let mut args = Table::default();
             args.insert(QOS_ARG, Value::U8(granted as u8));
             if v.bind_queue(q.name(), TOPIC_EXCHANGE, &key, args, self.id)
@@ -797,6 +905,9 @@ impl Session {
         }
         if self.shared.contains_key(full) {
             return Ok(());
+        }
+        if !self.may_subscribe_via(&format!("mqtt-shared-{group}")) {
+            return Err(ReasonCode::NOT_AUTHORIZED);
         }
         let v = vhost(&self.broker);
         let options = QueueOptions {
@@ -1062,6 +1173,7 @@ impl Session {
             &self.client_id,
         );
         Some(PendingWill {
+            user: self.user.clone(),
             message,
             topic,
             retain: w.retain,
@@ -1218,6 +1330,9 @@ pub fn route(broker: &Broker, message: &Arc<Message>) {
 
 /// A will to publish, possibly after its v5 Will Delay Interval.
 pub struct PendingWill {
+    /// Who connected with it: the will is published only if they may write
+    /// to `amq.topic` when it goes.
+    pub user: String,
     /// The message.
     pub message: Arc<Message>,
     /// Its topic.
@@ -1229,8 +1344,12 @@ pub struct PendingWill {
 }
 
 impl PendingWill {
-    /// Publishes the will now.
-    pub fn publish(self, broker: &Broker, retained: &RetainedMap) {
+    /// Publishes the will now, if its user may (write on `amq.topic`).
+    pub fn publish(self, broker: &Broker, retained: &RetainedMap, users: &UserDb) {
+        if !users.check(&self.user, DEFAULT_VHOST, Access::Write, TOPIC_EXCHANGE) {
+            tracing::warn!(user = %self.user, topic = %self.topic, "MQTT will not published: no write access to exchange 'amq.topic'");
+            return;
+        }
         if self.retain {
             set_retained(broker, retained, &self.topic, Some(self.message.clone()));
         }

@@ -238,7 +238,7 @@ mtest('v5: CONNACK properties; an empty client id gets an Assigned Client Identi
   const c = await mq({ version: 5, clientId: '' });
   const p = c.connack.properties || {};
   assert.ok(typeof p.assignedClientIdentifier === 'string' && p.assignedClientIdentifier.length > 0, JSON.stringify(p));
-  assert.equal(p.receiveMaximum, 64);
+  assert.equal(p.receiveMaximum, 1024);
   assert.notEqual(p.retainAvailable, false);
   assert.notEqual(p.wildcardSubscriptionAvailable, false);
   assert.notEqual(p.sharedSubscriptionAvailable, false);
