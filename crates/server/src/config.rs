@@ -29,6 +29,27 @@ pub struct Config {
     pub xmpp: XmppConfig,
     /// TLS for every TLS listener.
     pub tls: TlsConfig,
+    /// MQTT settings.
+    pub mqtt: MqttConfig,
+}
+
+/// MQTT settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Longest keep alive a v5 client may ask for, in seconds (Mosquitto's
+    /// `max_keepalive`): a longer or absent (0) one is answered with this
+    /// value as Server Keep Alive in the CONNACK, and the server holds the
+    /// client to it. 65535 leaves the client's choice alone.
+    pub max_keep_alive: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_keep_alive: u16::MAX,
+        }
+    }
 }
 
 /// The certificate the TLS listeners present (MQTT over TLS, and XMPP unless

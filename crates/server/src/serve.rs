@@ -77,6 +77,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         sessions: crate::mqtt::stored::SessionTable::load(crate::persistence::mqtt_sessions(
             &store,
         )),
+        max_keep_alive: config.mqtt.max_keep_alive,
     });
     if let Some(addr) = config.mqtt_addr() {
         let listener = TcpListener::bind(addr)

@@ -522,3 +522,49 @@ def test_pubrec_with_an_error_code_ends_the_qos2_exchange(mqtt_broker):
     assert (p.kind, p.payload) == (PUBLISH, b"next"), f"expected the new message first, got {p!r}"
     sub.ack(PUBACK, p.packet_id)
     disconnect(sub, properties={"SessionExpiryInterval": 0})
+
+
+@pytest.fixture
+def keep_alive_broker():
+    """A broker with `[mqtt] max_keep_alive = 2`."""
+    import re
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import TributaryBroker
+
+    root = Path(tempfile.mkdtemp(prefix="tributary-keepalive-"))
+    b = TributaryBroker(root)
+    b.extra_config = "\n[mqtt]\nmax_keep_alive = 2\n"
+    try:
+        b.start()
+        deadline = time.monotonic() + WAIT
+        while not (m := re.search(r"listening protocol=mqtt addr=127\.0\.0\.1:(\d+)", b.log_text())):
+            assert time.monotonic() < deadline, "no `listening protocol=mqtt` line"
+            time.sleep(0.02)  # polling the log for the line, bounded
+        b.mqtt_port = int(m.group(1))
+        yield b
+    finally:
+        problems = b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not problems, problems
+
+
+def test_server_keep_alive_caps_a_longer_keep_alive(keep_alive_broker):
+    b = keep_alive_broker
+    # Within the maximum: the client's own keep alive, no Server Keep Alive.
+    ok = RawMQTT(b.mqtt_port, timeout=WAIT)
+    ack = ok.connect("short-ka", True, keepalive=1)
+    assert "ServerKeepAlive" not in ack.properties, ack.properties
+    ok.close()
+    # Longer than the maximum: CONNACK says 2, and the server holds the client to it.
+    c = RawMQTT(b.mqtt_port, timeout=WAIT)
+    started = time.monotonic()
+    ack = c.connect("long-ka", True, keepalive=600)
+    assert ack.properties.get("ServerKeepAlive") == 2, ack.properties
+    d = c.expect(DISCONNECT)  # no PINGREQ sent: dropped after 1.5 x 2 s, not 900 s
+    assert d.reason == 0x8D, f"expected Keep Alive timeout (0x8D), got {d!r}"
+    assert time.monotonic() - started < WAIT
+    c.expect_closed()
+    c.close()

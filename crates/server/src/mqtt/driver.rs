@@ -41,6 +41,8 @@ pub struct MqttContext {
     pub received: Arc<std::sync::atomic::AtomicU64>,
     /// Persistent sessions' expiry and QoS 2 state between connections.
     pub sessions: Arc<super::stored::SessionTable>,
+    /// `[mqtt] max_keep_alive`: the longest keep alive a v5 client gets.
+    pub max_keep_alive: u16,
 }
 
 fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion) {
@@ -73,6 +75,7 @@ where
         peer,
         tx,
     );
+    session.max_keep_alive = ctx.max_keep_alive;
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut outbuf = BytesMut::new();
     let mut packets = Vec::new();

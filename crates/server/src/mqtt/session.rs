@@ -116,6 +116,8 @@ pub struct Session {
     pub(super) version: Option<ProtocolVersion>,
     pub(super) client_id: String,
     pub(super) keep_alive: u16,
+    /// `[mqtt] max_keep_alive` (v5 Server Keep Alive above it).
+    pub(super) max_keep_alive: u16,
     will: Option<tributary_mqtt::Will>,
     queue: Option<Arc<Queue>>,
     sink: Option<Arc<Sink>>,
@@ -187,6 +189,7 @@ impl Session {
             version: None,
             client_id: String::new(),
             keep_alive: 0,
+            max_keep_alive: u16::MAX,
             will: None,
             queue: None,
             sink: None,
@@ -288,6 +291,15 @@ impl Session {
         self.user = user.clone();
         self.client_id = client_id;
         self.keep_alive = c.keep_alive;
+        // v5 Server Keep Alive: a keep alive above our maximum (or none at
+        // all, while we have one) is replaced by ours (MQTT 5 3.2.2.3.14).
+        let server_keep_alive = (version.is_v5()
+            && self.max_keep_alive != u16::MAX
+            && (c.keep_alive == 0 || c.keep_alive > self.max_keep_alive))
+            .then_some(self.max_keep_alive);
+        if let Some(k) = server_keep_alive {
+            self.keep_alive = k;
+        }
         self.will = c.will;
         // The session outlives the connection: 3.x clean session 0; v5 a Session
         // Expiry Interval above 0 (whatever clean start says). Clean start / clean
@@ -361,6 +373,7 @@ impl Session {
         let mut ack = self.connack(version, ReasonCode::SUCCESS, assigned);
         if let Packet::ConnAck(a) = &mut ack {
             a.session_present = session_present;
+            a.properties.server_keep_alive = server_keep_alive;
         }
         (ack, true)
     }
