@@ -1,8 +1,8 @@
 //! The `tributary` binary: `serve`, `config check` and `user` commands.
 
 mod amqp;
-mod config;
 mod http;
+mod limits;
 mod mqtt;
 mod persistence;
 mod serve;
@@ -15,6 +15,7 @@ use config::Config;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tributary::config;
 
 #[derive(Parser)]
 #[command(
