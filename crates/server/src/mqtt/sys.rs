@@ -39,11 +39,13 @@ fn remove_expired(ctx: &MqttContext) {
         if ctx.registry.is_connected(&client_id) {
             continue;
         }
+        // The state goes first: once the queue is gone, nothing of the
+        // session may be found by a client that connects at that moment.
+        ctx.sessions.forget(&ctx.broker, &client_id);
         let vhost = ctx.broker.default_vhost();
         if let Ok(queue) = vhost.queue(&super::session::persistent_queue_name(&client_id), 0) {
             vhost.remove_queue(&queue);
         }
-        ctx.sessions.forget(&ctx.broker, &client_id);
         tracing::info!(client_id, "MQTT session expired");
     }
 }
