@@ -84,6 +84,7 @@ impl Stats {
     }
 }
 
+/// Opens a lapin connection named `name`, bounded by a timeout.
 pub(crate) async fn connect(uri: &str, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     match timeout(CONNECT_TIMEOUT, Connection::connect(uri, props)).await {
@@ -431,6 +432,7 @@ fn rate(count: u64, secs: f64) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
+/// The `amqp` subcommand; returns the exit code (0: no errors and something was sent).
 pub(crate) async fn run(args: AmqpArgs) -> anyhow::Result<i32> {
     now_nanos(); // fix the epoch
     let layout = layout(&args);

@@ -225,6 +225,7 @@ async fn read_until_closed(rd: &mut OwnedReadHalf, tx: &mpsc::Sender<Vec<u8>>) {
     }
 }
 
+/// `idle --protocol amqp` with the built-in client; returns the exit code.
 pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<i32> {
     let uri: AMQPUri = args
         .uri
