@@ -38,6 +38,8 @@ pub struct VHost {
     waiting: parking_lot::Mutex<Waiting>,
     /// Store ids for delayed messages: durable (a definition) and scratch.
     delay_ids: parking_lot::Mutex<(Option<u64>, Option<u64>)>,
+    /// Most queues this vhost may hold (RabbitMQ's `max-queues`); 0 = no limit.
+    max_queues: std::sync::atomic::AtomicUsize,
 }
 
 /// What became of a message handed to [`VHost::enqueue`].
@@ -92,6 +94,7 @@ impl VHost {
                 myself: myself.clone(),
                 waiting: parking_lot::Mutex::new(Waiting::default()),
                 delay_ids: parking_lot::Mutex::new((None, None)),
+                max_queues: std::sync::atomic::AtomicUsize::new(0),
             };
             {
                 let mut ex = vhost.exchanges.write();
@@ -476,6 +479,19 @@ impl VHost {
         }
     }
 
+    /// Sets the most queues this vhost may hold (0 = no limit); queues it
+    /// already holds stay, new declarations past the limit are refused with
+    /// 406 PRECONDITION_FAILED as in RabbitMQ.
+    pub fn set_max_queues(&self, max: usize) {
+        self.max_queues
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The queue limit (0 = none).
+    pub fn max_queues(&self) -> usize {
+        self.max_queues.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// queue.declare. An empty name gets a server-generated `amq.gen-` name.
     pub fn declare_queue(
         &self,
@@ -543,6 +559,13 @@ impl VHost {
             }
             existing.touch();
             return Ok(declared(existing.clone()));
+        }
+        let max = self.max_queues();
+        if max != 0 && queues.len() >= max {
+            return Err(CoreError::PreconditionFailed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max}) is reached",
+                self.name
+            )));
         }
         let owner = options.exclusive.then_some(conn);
         // Exclusive queues die with their connection, so they are never persisted.
@@ -1139,6 +1162,34 @@ mod tests {
             v.declare_exchange("x", "fanout", false, opts),
             Err(CoreError::PreconditionFailed(_))
         ));
+    }
+
+    #[test]
+    fn queue_limit_refuses_new_queues_only() {
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(usize::MAX)));
+        v.set_max_queues(2);
+        v.declare_queue("a", false, QueueOptions::default(), 1)
+            .unwrap();
+        v.declare_queue("b", false, QueueOptions::default(), 1)
+            .unwrap();
+        // Redeclaring and passive declares still work at the limit.
+        v.declare_queue("a", false, QueueOptions::default(), 1)
+            .unwrap();
+        v.declare_queue("b", true, QueueOptions::default(), 1)
+            .unwrap();
+        match v.declare_queue("c", false, QueueOptions::default(), 1) {
+            Err(e @ CoreError::PreconditionFailed(_)) => assert_eq!(
+                e.to_string(),
+                "PRECONDITION_FAILED - cannot declare queue 'c': queue limit in vhost '/' (2) is reached"
+            ),
+            other => panic!("{other:?}"),
+        }
+        v.delete_queue("a", false, false, 1).unwrap();
+        v.declare_queue("c", false, QueueOptions::default(), 1)
+            .unwrap();
+        v.set_max_queues(0);
+        v.declare_queue("d", false, QueueOptions::default(), 1)
+            .unwrap();
     }
 
     #[test]

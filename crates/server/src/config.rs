@@ -31,6 +31,78 @@ pub struct Config {
     pub tls: TlsConfig,
     /// MQTT settings.
     pub mqtt: MqttConfig,
+    /// Limits that protect the broker from too many or hostile clients.
+    pub limits: LimitsConfig,
+}
+
+/// Limits on connections and what one connection may cost, across protocols
+/// (docs/security.md, "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections open at once over every protocol and listener; a
+    /// connection accepted past it is refused the protocol's way. Unset: 100 000,
+    /// or nine tenths of the process's open-file limit if that is lower. 0: no limit.
+    pub max_connections: Option<usize>,
+    /// Connections one user may have open at once (RabbitMQ's per-user
+    /// `max-connections`); 0, the default, is no limit.
+    pub max_connections_per_user: usize,
+    /// Queues a virtual host may hold (RabbitMQ's per-vhost `max-queues`);
+    /// 0, the default, is no limit.
+    pub max_queues_per_vhost: usize,
+    /// Bytes of output one connection may have waiting for a client that
+    /// does not read before the broker stops adding to it.
+    pub max_buffered_bytes: usize,
+    /// Seconds an MQTT client has to send CONNECT.
+    pub mqtt_connect_timeout: u64,
+    /// Seconds an XMPP client has from connecting to a bound resource
+    /// (stream negotiation, TLS, SASL and bind).
+    pub xmpp_handshake_timeout: u64,
+    /// Stanzas per second one XMPP connection may send on average; past its
+    /// burst the broker stops reading from it. 0: no limit.
+    pub xmpp_stanza_rate: u32,
+    /// Stanzas an XMPP connection may send at once above the rate.
+    pub xmpp_stanza_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: None,
+            max_connections_per_user: 0,
+            max_queues_per_vhost: 0,
+            max_buffered_bytes: 16 * 1024 * 1024,
+            mqtt_connect_timeout: 10,
+            xmpp_handshake_timeout: 30,
+            xmpp_stanza_rate: 1000,
+            xmpp_stanza_burst: 2000,
+        }
+    }
+}
+
+/// The default connection limit when `max_connections` is unset.
+const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
+impl LimitsConfig {
+    /// The connection limit in force (0 = none): `max_connections`, or its
+    /// default of 100 000 capped at nine tenths of the open-file limit, so that
+    /// a flood of connections leaves descriptors for the store and listeners.
+    pub fn connection_limit(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let files = std::fs::read_to_string("/proc/self/limits")
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find(|l| l.starts_with("Max open files"))
+                        .and_then(|l| l.split_whitespace().nth(3))
+                        .and_then(|v| v.parse::<usize>().ok())
+                });
+            match files {
+                Some(n) => DEFAULT_MAX_CONNECTIONS.min(n / 10 * 9).max(1),
+                None => DEFAULT_MAX_CONNECTIONS,
+            }
+        })
+    }
 }
 
 /// MQTT settings.
@@ -386,8 +458,46 @@ impl Config {
                 "must be between 1 byte and 512 MiB".into(),
             ));
         }
+        self.validate_limits(path)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(bad("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: String| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let l = &self.limits;
+        if l.max_buffered_bytes < 65_536 {
+            return Err(bad(
+                "limits.max_buffered_bytes",
+                format!(
+                    "{} is below the minimum of 65536 bytes",
+                    l.max_buffered_bytes
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("limits.mqtt_connect_timeout", l.mqtt_connect_timeout),
+            ("limits.xmpp_handshake_timeout", l.xmpp_handshake_timeout),
+            ("amqp.handshake_timeout", self.amqp.handshake_timeout),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return Err(bad(
+                    key,
+                    format!("{value} is not between 1 and 86400 seconds"),
+                ));
+            }
+        }
+        if l.xmpp_stanza_rate > 0 && l.xmpp_stanza_burst == 0 {
+            return Err(bad(
+                "limits.xmpp_stanza_burst",
+                "must be at least 1 while limits.xmpp_stanza_rate is set".into(),
+            ));
         }
         Ok(())
     }
@@ -472,5 +582,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits.max_connections_per_user, 0);
+        assert_eq!(c.limits.max_buffered_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.limits.xmpp_handshake_timeout, 30);
+        let n = c.limits.connection_limit();
+        assert!((1..=100_000).contains(&n), "{n}");
+        let c = parse("[limits]\nmax_connections = 0\n").unwrap();
+        assert_eq!(c.limits.connection_limit(), 0);
+        let c = parse("[limits]\nmax_connections = 200\nmqtt_connect_timeout = 2\n").unwrap();
+        assert_eq!(c.limits.connection_limit(), 200);
+        assert_eq!(c.limits.mqtt_connect_timeout, 2);
+        let e = parse("[limits]\nmax_conections = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_conections"), "{e}");
+        let e = parse("[limits]\nmax_buffered_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_buffered_bytes"), "{e}");
+        let e = parse("[limits]\nxmpp_handshake_timeout = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.xmpp_handshake_timeout"), "{e}");
+        let e = parse("[limits]\nxmpp_stanza_burst = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.xmpp_stanza_burst"), "{e}");
+        let e = parse("[limits]\nmax_connections = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_connections"), "{e}");
     }
 }

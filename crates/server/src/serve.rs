@@ -4,6 +4,7 @@
 
 use crate::amqp::driver::{self, AmqpContext};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::users::{UserAdmin, UserDb};
 use anyhow::Context;
 use std::path::PathBuf;
@@ -35,6 +36,17 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let (flow_tx, flow_rx) = tokio::sync::watch::channel(false);
     let tracker = TaskTracker::new();
     tracing::info!(data_dir = %data_dir.display(), version = env!("CARGO_PKG_VERSION"), "starting Tributary");
+    let limits = Limits::new(
+        config.limits.connection_limit(),
+        config.limits.max_connections_per_user,
+    );
+    tracing::info!(
+        max_connections = config.limits.connection_limit(),
+        max_connections_per_user = config.limits.max_connections_per_user,
+        max_queues_per_vhost = config.limits.max_queues_per_vhost,
+        max_buffered_bytes = config.limits.max_buffered_bytes,
+        "limits (0 = none)"
+    );
 
     if let Some(addr) = config.amqp_addr() {
         let listener = TcpListener::bind(addr)
@@ -56,6 +68,8 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
                 ..ConnectionConfig::default()
             },
             shutdown: shutdown.clone(),
+            limits: limits.clone(),
+            max_buffered_bytes: config.limits.max_buffered_bytes,
         });
         tracker.spawn(accept_loop(
             listener,
@@ -78,6 +92,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             &store,
         )),
         max_keep_alive: config.mqtt.max_keep_alive,
+        limits: limits.clone(),
+        connect_timeout: Duration::from_secs(config.limits.mqtt_connect_timeout),
+        max_buffered_bytes: config.limits.max_buffered_bytes,
     });
     if let Some(addr) = config.mqtt_addr() {
         let listener = TcpListener::bind(addr)
@@ -121,8 +138,13 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         broker: &broker,
         store: &store,
         tls: &tls,
+        limits: &limits,
     };
     let xmpp = start_xmpp(&config, &data_dir, &services, &shutdown, &tracker).await?;
+    // Once the broker's own queues (the XMPP bridge's) exist, whatever the limit (they count).
+    for vhost in broker.vhosts() {
+        vhost.set_max_queues(config.limits.max_queues_per_vhost);
+    }
 
     if let Some(http) = config.http_addr() {
         let listener = TcpListener::bind(http)
@@ -271,6 +293,7 @@ struct Services<'a> {
     broker: &'a Arc<tributary_core::Broker>,
     store: &'a Arc<tributary_store::Store>,
     tls: &'a crate::xmpp::tls::TlsSetup,
+    limits: &'a Arc<Limits>,
 }
 
 /// Starts the XMPP service and its listeners (5222 STARTTLS, 5223 direct TLS).
@@ -286,6 +309,7 @@ async fn start_xmpp(
         broker,
         store,
         tls,
+        limits,
     } = *services;
     let wanted = config.xmpp_addr().is_some()
         || config.xmpps_addr().is_some()
@@ -305,6 +329,13 @@ async fn start_xmpp(
     };
     let ctx = Arc::new(crate::xmpp::XmppContext::new(
         config.xmpp.clone(),
+        crate::xmpp::XmppLimits {
+            connections: limits.clone(),
+            handshake_timeout: Duration::from_secs(config.limits.xmpp_handshake_timeout),
+            stanza_rate: config.limits.xmpp_stanza_rate,
+            stanza_burst: config.limits.xmpp_stanza_burst,
+            max_buffered_bytes: config.limits.max_buffered_bytes,
+        },
         users.clone(),
         store.clone(),
         data_dir.to_owned(),

@@ -35,12 +35,42 @@ pub enum Outbound {
 }
 
 /// Connection-wide state shared with the queues.
-#[derive(Default)]
 pub struct ConnectionCredit {
     /// Deliveries sent to the connection task and not yet written.
     pub pending: AtomicUsize,
+    /// Body bytes of those deliveries.
+    pub pending_bytes: AtomicUsize,
+    /// Body bytes past which queues stop feeding the connection
+    /// (`[limits] max_buffered_bytes`).
+    pub max_pending_bytes: AtomicUsize,
     /// Set when a queue was refused because of `pending`; the task re-dispatches.
     pub starved: AtomicBool,
+}
+
+impl Default for ConnectionCredit {
+    fn default() -> Self {
+        ConnectionCredit {
+            pending: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
+            max_pending_bytes: AtomicUsize::new(usize::MAX),
+            starved: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ConnectionCredit {
+    /// Whether the connection has as many deliveries waiting as it may.
+    fn full(&self) -> bool {
+        self.pending.load(Ordering::Acquire) >= CONNECTION_PENDING_LIMIT
+            || self.pending_bytes.load(Ordering::Acquire)
+                >= self.max_pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A delivery was taken from the connection task's channel.
+    pub fn taken(&self, body_len: usize) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.pending_bytes.fetch_sub(body_len, Ordering::AcqRel);
+    }
 }
 
 /// Channel-wide credit: the global prefetch (basic.qos global=true) and flow.
@@ -119,7 +149,7 @@ impl ConsumerSink for Sink {
         if !c.live.load(Ordering::Acquire) || !c.channel_credit.active.load(Ordering::Acquire) {
             return false;
         }
-        if c.connection.pending.load(Ordering::Acquire) >= CONNECTION_PENDING_LIMIT {
+        if c.connection.full() {
             c.connection.starved.store(true, Ordering::Release);
             return false;
         }
@@ -138,10 +168,16 @@ impl ConsumerSink for Sink {
     }
 
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let body_len = delivery.entry.message.body.len();
         self.0.connection.pending.fetch_add(1, Ordering::AcqRel);
+        self.0
+            .connection
+            .pending_bytes
+            .fetch_add(body_len, Ordering::AcqRel);
         match self.0.tx.send(Outbound::Deliver(self.0.clone(), delivery)) {
             Ok(()) => Ok(()),
             Err(e) => {
+                self.0.connection.taken(body_len);
                 // The connection task is gone: the queue takes the message back.
                 self.0.live.store(false, Ordering::Release);
                 self.0.release();

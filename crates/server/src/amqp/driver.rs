@@ -4,6 +4,7 @@
 
 use super::consumer::Outbound;
 use super::session::{Flow, Session};
+use crate::limits::{ConnectionSlot, Limits, Refusal, UserSlot};
 use crate::users::UserDb;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -13,10 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tributary_amqp::{Connection, ConnectionConfig, reply};
+use tributary_amqp::{Connection, ConnectionConfig, Event, reply};
 use tributary_core::Broker;
 
-/// Stop reading from the socket while this much output waits to be written.
+/// Stop reading from the socket while this much output waits to be written
+/// (or `[limits] max_buffered_bytes`, if lower).
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Queue deliveries handled per wake-up before the socket gets a turn.
 const DELIVERY_BUDGET: usize = 256;
@@ -44,15 +46,35 @@ pub struct AmqpContext {
     /// The memory high watermark, also checked on every wake-up so a fast
     /// publisher is stopped before the next sweep raises the alarm.
     pub watermark: usize,
+    /// Connection limits shared with the other protocols.
+    pub limits: Arc<Limits>,
+    /// `[limits] max_buffered_bytes`: output waiting for the client past
+    /// which no more deliveries are taken from queues.
+    pub max_buffered_bytes: usize,
+}
+
+/// The limits a connection holds: its place among all connections (none
+/// when it was accepted past the limit) and, once open, its user's.
+struct Places {
+    peer: SocketAddr,
+    slot: Result<ConnectionSlot, Refusal>,
+    user: Option<UserSlot>,
 }
 
 /// Runs one connection to its end.
 pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     let _ = stream.set_nodelay(true);
+    let mut places = Places {
+        peer,
+        slot: ctx.limits.admit(),
+        user: None,
+    };
+    let high_water = WRITE_HIGH_WATER.min(ctx.max_buffered_bytes);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
     let mut conn = Connection::new(ctx.config.clone(), Instant::now());
     let mut session = Session::new(ctx.broker.clone(), ctx.users.clone(), peer, tx);
+    session.set_max_pending_bytes(ctx.max_buffered_bytes);
     // Small to start with, so idle connections stay cheap; busy ones grow.
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK_MIN);
     let mut outbuf = BytesMut::new();
@@ -63,7 +85,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     let mut blocked_sent = false;
 
     loop {
-        if process_events(&mut conn, &mut session) == Flow::Closed {
+        if process_events(&mut conn, &mut session, &mut places, &ctx) == Flow::Closed {
             closed = true;
         }
         session.flush_confirms(&mut conn);
@@ -92,7 +114,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
             blocked_sent = flow_blocked;
             continue;
         }
-        let can_read = outbuf.len() < WRITE_HIGH_WATER && !flow_blocked;
+        let can_read = outbuf.len() < high_water && !flow_blocked;
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled(), if !shutting_down => {
@@ -119,9 +141,14 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                     inbuf.reserve(grow);
                 }
             }
-            Some(first) = rx.recv(), if outbuf.len() < WRITE_HIGH_WATER => {
+            Some(first) = rx.recv(), if outbuf.len() < high_water => {
                 session.handle_outbound(&mut conn, first);
                 for _ in 1..DELIVERY_BUDGET {
+                    // Never more than max_buffered_bytes waiting for the client:
+                    // the rest stays in the channel, and queues keep their messages.
+                    if outbuf.len() + conn.transmit().len() >= ctx.max_buffered_bytes {
+                        break;
+                    }
                     match rx.try_recv() {
                         Ok(next) => session.handle_outbound(&mut conn, next),
                         Err(_) => break,
@@ -150,6 +177,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     if !outbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&outbuf)).await;
     }
+    // Its places are free before the client sees the end of the stream, so
+    // a client that saw it close can count on them.
+    drop(places);
     let _ = wr.shutdown().await;
     session.close_all();
     // Deliveries still in flight go back to their queues.
@@ -166,11 +196,37 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn process_events(conn: &mut Connection, session: &mut Session) -> Flow {
+fn process_events(
+    conn: &mut Connection,
+    session: &mut Session,
+    places: &mut Places,
+    ctx: &AmqpContext,
+) -> Flow {
     while let Some(event) = conn.poll_event() {
+        // The connection limits are checked at connection.open, as RabbitMQ
+        // does: 530 NOT_ALLOWED with RabbitMQ's text.
+        if matches!(event, Event::Open { .. })
+            && let Err(refusal) = admit_open(conn, places, ctx)
+        {
+            tracing::warn!(peer = %places.peer, user = conn.user().unwrap_or(""), "AMQP connection refused: {}", refusal.text());
+            conn.reject_open(reply::NOT_ALLOWED, &refusal.amqp_text());
+            continue;
+        }
         if session.handle_event(conn, event) == Flow::Closed {
             return Flow::Closed;
         }
     }
     Flow::Continue
+}
+
+/// Whether the connection may open: it was admitted at accept, and its user
+/// is within the per-user limit (that place is held from now on).
+fn admit_open(conn: &Connection, places: &mut Places, ctx: &AmqpContext) -> Result<(), Refusal> {
+    if let Err(refusal) = &places.slot {
+        return Err(refusal.clone());
+    }
+    if places.user.is_none() {
+        places.user = Some(ctx.limits.admit_user(conn.user().unwrap_or(""))?);
+    }
+    Ok(())
 }

@@ -362,11 +362,19 @@ impl Session {
         }
     }
 
+    /// Body bytes of deliveries that may wait for the connection task before
+    /// queues stop feeding it (`[limits] max_buffered_bytes`).
+    pub fn set_max_pending_bytes(&self, max: usize) {
+        self.credit.max_pending_bytes.store(max, Ordering::Relaxed);
+    }
+
     /// Re-dispatches the queues this connection consumes from after its
     /// pending-delivery backlog drained.
     pub fn redispatch_if_starved(&mut self) {
         if self.credit.pending.load(Ordering::Acquire)
             < super::consumer::CONNECTION_PENDING_LIMIT / 2
+            && self.credit.pending_bytes.load(Ordering::Acquire)
+                < self.credit.max_pending_bytes.load(Ordering::Relaxed) / 2
             && self.credit.starved.swap(false, Ordering::AcqRel)
         {
             self.redispatch_all();
@@ -393,7 +401,7 @@ impl Session {
     pub fn handle_outbound(&mut self, conn: &mut Connection, out: Outbound) {
         match out {
             Outbound::Deliver(consumer, delivery) => {
-                self.credit.pending.fetch_sub(1, Ordering::AcqRel);
+                self.credit.taken(delivery.entry.message.body.len());
                 let live = consumer.live.load(Ordering::Acquire)
                     && self
                         .channels

@@ -1,9 +1,11 @@
 //! The IO driver of one MQTT connection: decodes packets with the sans-IO
 //! codec, runs the session, writes replies and deliveries once per wake-up,
-//! and enforces the CONNECT timeout and keep alive (1.5× the interval).
+//! and enforces the CONNECT timeout and keep alive (1.5× the interval), the
+//! connection limits and the bound on output waiting for a slow client.
 
 use super::Registry;
 use super::session::{End, Outbound, Session};
+use crate::limits::Limits;
 use crate::users::UserDb;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -20,8 +22,9 @@ use tributary_mqtt::{
 
 /// How long a CONNECT waits for the connection it takes over to close.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
-/// Time a client has to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stop reading from the socket while this much output waits to be written
+/// (or `[limits] max_buffered_bytes`, if lower).
+const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Largest packet accepted (MQTT 5 Maximum Packet Size; refused before allocation).
 pub const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 
@@ -43,6 +46,18 @@ pub struct MqttContext {
     pub sessions: Arc<super::stored::SessionTable>,
     /// `[mqtt] max_keep_alive`: the longest keep alive a v5 client gets.
     pub max_keep_alive: u16,
+    /// Connection limits shared with the other protocols.
+    pub limits: Arc<Limits>,
+    /// `[limits] mqtt_connect_timeout`: time a client has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// `[limits] max_buffered_bytes`: output waiting for the client past
+    /// which QoS 0 deliveries are dropped.
+    pub max_buffered_bytes: usize,
+}
+
+/// The user an MQTT CONNECT logs in as (anonymous clients act as guest).
+fn connect_user(c: &tributary_mqtt::Connect) -> &str {
+    c.username.as_deref().unwrap_or("guest")
 }
 
 fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion) {
@@ -64,6 +79,13 @@ pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<MqttContext>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    // Admitted now, refused at CONNECT if past the limit (the client must
+    // have spoken for the refusal to be in its own protocol version).
+    let slot = ctx.limits.admit();
+    let mut user_slot = None;
+    let high_water = WRITE_HIGH_WATER.min(ctx.max_buffered_bytes);
+    // QoS 0 deliveries dropped before the current congestion (for the log).
+    let mut dropped_before: u64 = 0;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
     let mut session = Session::new(
@@ -80,7 +102,7 @@ where
     let mut outbuf = BytesMut::new();
     let mut packets = Vec::new();
     let mut taken_over: Option<tokio::sync::oneshot::Receiver<()>> = None;
-    let mut deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let mut deadline = tokio::time::Instant::now() + ctx.connect_timeout;
     let mut publish_will = false;
     // Turns true once this connection has closed and saved its session.
     let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
@@ -99,6 +121,25 @@ where
                 Ok(None) => break,
                 Ok(Some(Packet::Connect(c))) => {
                     let v = c.protocol_version;
+                    // Connection limits, before any takeover: a refused client
+                    // cannot disconnect the session it names.
+                    let mut refusal = slot.as_ref().err().cloned();
+                    if refusal.is_none() && ctx.limits.limits_users() && session.login_ok(&c) {
+                        match ctx.limits.admit_user(connect_user(&c)) {
+                            Ok(s) => user_slot = Some(s),
+                            Err(r) => refusal = Some(r),
+                        }
+                    }
+                    if let Some(refusal) = refusal {
+                        tracing::warn!(peer = %peer, client_id = %c.client_id, user = connect_user(&c), "MQTT connection refused: {}", refusal.text());
+                        // 0x97 Quota exceeded; 3.1.1 has no such code: 0x03 Server unavailable.
+                        packets.push(Packet::ConnAck(tributary_mqtt::ConnAck {
+                            reason_code: ReasonCode::QUOTA_EXCEEDED,
+                            ..Default::default()
+                        }));
+                        write(&mut outbuf, &mut packets, v);
+                        break 'conn;
+                    }
                     // Takeover: the previous connection with this client id goes,
                     // and its session is saved, before this one looks it up.
                     if !c.client_id.is_empty() && session.login_ok(&c) {
@@ -204,7 +245,7 @@ where
             r = wr.write_buf(&mut outbuf), if !outbuf.is_empty() => {
                 if r.is_err() { break 'conn; }
             }
-            r = rd.read_buf(&mut inbuf), if outbuf.len() < 4 * 1024 * 1024 => {
+            r = rd.read_buf(&mut inbuf), if outbuf.len() < high_water => {
                 match r {
                     Ok(0) | Err(_) => break 'conn,
                     Ok(_) => {}
@@ -213,16 +254,32 @@ where
             Some(first) = rx.recv() => {
                 if let Some(v) = session.version {
                     let mut next = Some(first);
+                    let mut sent = 0;
                     while let Some(item) = next.take() {
+                        // A client that does not read has its QoS 0 messages
+                        // dropped past max_buffered_bytes, as Mosquitto and
+                        // RabbitMQ do; QoS 1 and 2 are bounded by the in-flight
+                        // window, and wait in the queue beyond it.
+                        let congested = outbuf.len() >= ctx.max_buffered_bytes;
+                        if congested != session.drop_qos0 {
+                            session.drop_qos0 = congested;
+                            if congested {
+                                dropped_before = session.dropped;
+                                tracing::warn!(peer = %peer, client_id = %session.client_id, buffered = outbuf.len(), "MQTT client does not keep up: dropping its QoS 0 messages");
+                            } else {
+                                tracing::info!(peer = %peer, client_id = %session.client_id, dropped = session.dropped - dropped_before, "MQTT client keeps up again");
+                            }
+                        }
                         match item {
                             Outbound::Deliver(d) => session.deliver(d, &mut packets),
                             Outbound::Send(p) => packets.push(*p),
                         }
-                        if packets.len() < 256 {
+                        write(&mut outbuf, &mut packets, v);
+                        sent += 1;
+                        if sent < 256 {
                             next = rx.try_recv().ok();
                         }
                     }
-                    write(&mut outbuf, &mut packets, v);
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -257,12 +314,17 @@ where
     if !outbuf.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&outbuf)).await;
     }
+    // Its places are free before the client sees the end of the stream.
+    drop((slot, user_slot));
     let _ = wr.shutdown().await;
     rx.close();
     while let Ok(item) = rx.try_recv() {
         if let Outbound::Deliver(d) = item {
             d.queue.return_undelivered(vec![d.entry], true);
         }
+    }
+    if session.dropped > 0 {
+        tracing::info!(peer = %peer, client_id = %session.client_id, dropped = session.dropped, "MQTT QoS 0 messages dropped for a slow client");
     }
     tracing::info!(peer = %peer, client_id = %session.client_id, "MQTT connection closed");
 }

@@ -127,6 +127,11 @@ pub struct Session {
     /// v5 Session Expiry Interval in seconds (3.x: 0 or forever).
     session_expiry: u32,
     inflight: Arc<AtomicU32>,
+    /// Set by the driver while the client does not keep up
+    /// (`[limits] max_buffered_bytes`): QoS 0 deliveries are dropped.
+    pub(super) drop_qos0: bool,
+    /// QoS 0 deliveries dropped so far.
+    pub(super) dropped: u64,
     filters: HashMap<String, QoS>,
     /// v5 No Local / Retain As Published by filter.
     sub_flags: HashMap<String, (bool, bool)>,
@@ -196,6 +201,8 @@ impl Session {
             persistent: false,
             session_expiry: 0,
             inflight: Arc::new(AtomicU32::new(0)),
+            drop_qos0: false,
+            dropped: 0,
             filters: HashMap::new(),
             subscription_ids: HashMap::new(),
             sub_flags: HashMap::new(),
@@ -1066,6 +1073,14 @@ impl Session {
             .max()
             .unwrap_or(QoS::AtMostOnce);
         let qos = granted.min(publish_qos(&m));
+        if qos == QoS::AtMostOnce && self.drop_qos0 {
+            // The client does not keep up: at most once allows dropping it.
+            d.queue.settle(&d.entry);
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            d.queue.dispatch();
+            self.dropped += 1;
+            return;
+        }
         let packet_id = (qos != QoS::AtMostOnce).then(|| self.next_id());
         let properties = if self.v5() {
             let mut p = v5_properties(&m);
@@ -1122,8 +1137,12 @@ impl Session {
                 self.outgoing.insert(id, (d.queue, d.entry));
             }
             None => {
+                // QoS 0 is done once written: its credit goes back, and the
+                // queue may send the next message (without this a backlog
+                // would wait for the next publish).
                 d.queue.settle(&d.entry);
                 self.inflight.fetch_sub(1, Ordering::AcqRel);
+                d.queue.dispatch();
             }
         }
     }

@@ -18,7 +18,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tributary_store::Store;
@@ -27,8 +28,24 @@ use tributary_xmpp::hub::{Accounts, Hub, HubConfig, Output, SessionId};
 use tributary_xmpp_xml::Element;
 
 /// Stanzas queued for one session before it counts as not reading; past
-/// this the session is closed rather than buffered without bound.
+/// this (or `[limits] max_buffered_bytes` of them) the session is closed
+/// rather than buffered without bound.
 const MAILBOX: usize = 4096;
+
+/// The `[limits]` that apply to XMPP connections.
+#[derive(Debug, Clone)]
+pub struct XmppLimits {
+    /// Connection limits shared with the other protocols.
+    pub connections: Arc<crate::limits::Limits>,
+    /// Time from connecting to a bound resource.
+    pub handshake_timeout: Duration,
+    /// Stanzas per second a connection may send (0 = no limit).
+    pub stanza_rate: u32,
+    /// Stanzas a connection may send at once above the rate.
+    pub stanza_burst: u32,
+    /// Bytes of stanzas a session's mailbox may hold.
+    pub max_buffered_bytes: usize,
+}
 
 /// What the rest of the server sends to a session's task.
 pub enum SessionMsg {
@@ -49,12 +66,91 @@ pub struct Detached {
     /// Stream-management counters and unacknowledged stanzas.
     pub sm: SmState,
     /// The session's mailbox.
-    pub mailbox: mpsc::Receiver<SessionMsg>,
+    pub mailbox: MailboxReceiver,
 }
 
 struct SessionHandle {
-    mailbox: mpsc::Sender<SessionMsg>,
+    mailbox: MailboxSender,
     kill: CancellationToken,
+}
+
+/// The sending side of a session's mailbox: bounded in stanzas and, by an
+/// estimate of their serialized size, in bytes.
+#[derive(Clone)]
+pub struct MailboxSender {
+    tx: mpsc::Sender<(SessionMsg, usize)>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The receiving side of a session's mailbox.
+pub struct MailboxReceiver {
+    rx: mpsc::Receiver<(SessionMsg, usize)>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// The mailbox is full (in stanzas or bytes), or its session is gone.
+#[derive(Debug)]
+pub struct MailboxFull;
+
+impl MailboxSender {
+    /// Queues a message without waiting. A stanza that would take the
+    /// mailbox past its byte limit is refused, unless the mailbox is empty
+    /// (so one large stanza still goes through).
+    pub fn try_send(&self, msg: SessionMsg) -> Result<(), MailboxFull> {
+        let size = match &msg {
+            SessionMsg::Deliver(stanza) => approx_size(stanza),
+            _ => 0,
+        };
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if (before > 0 && before + size > self.max_bytes) || self.tx.try_send((msg, size)).is_err()
+        {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return Err(MailboxFull);
+        }
+        Ok(())
+    }
+
+    /// Queues a control message (no stanza), waiting for room.
+    async fn send_control(&self, msg: SessionMsg) -> Result<(), MailboxFull> {
+        self.tx.send((msg, 0)).await.map_err(|_| MailboxFull)
+    }
+}
+
+impl MailboxReceiver {
+    /// The next message; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<SessionMsg> {
+        let (msg, size) = self.rx.recv().await?;
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        Some(msg)
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<SessionMsg> {
+        let (msg, size) = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(size, Ordering::AcqRel);
+        Some(msg)
+    }
+}
+
+/// Roughly the bytes `element` takes serialized (names, attributes, text,
+/// and the markup around them), without serializing it.
+pub fn approx_size(element: &Element) -> usize {
+    let mut total = 0;
+    let mut stack = vec![element];
+    while let Some(e) = stack.pop() {
+        total += 2 * e.name.len() + e.ns.len() + 16;
+        for a in &e.attrs {
+            total += a.name.len() + a.value.len() + 4;
+        }
+        for child in &e.children {
+            match child {
+                tributary_xmpp_xml::Node::Element(c) => stack.push(c),
+                tributary_xmpp_xml::Node::Text(t) => total += t.len(),
+            }
+        }
+    }
+    total
 }
 
 /// Shared state of the XMPP service.
@@ -71,6 +167,8 @@ pub struct XmppContext {
     pub shutdown: CancellationToken,
     /// Random per-process secret for fake SCRAM salts.
     pub secret: [u8; 32],
+    /// Connection limits, timeouts and rates.
+    pub limits: XmppLimits,
     store: Arc<Store>,
     hub: Mutex<Hub>,
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
@@ -91,6 +189,7 @@ impl XmppContext {
     /// Builds the service and restores its persisted state from the store.
     pub fn new(
         config: XmppConfig,
+        limits: XmppLimits,
         users: Arc<UserDb>,
         store: Arc<Store>,
         data_dir: PathBuf,
@@ -120,6 +219,7 @@ impl XmppContext {
         secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         Ok(XmppContext {
             config,
+            limits,
             users,
             data_dir,
             tls,
@@ -183,7 +283,7 @@ impl XmppContext {
         session: SessionId,
         username: &str,
         resource: Option<&str>,
-        mailbox: mpsc::Sender<SessionMsg>,
+        mailbox: MailboxSender,
         kill: CancellationToken,
     ) -> Result<FullJid, (&'static str, &'static str)> {
         self.sessions
@@ -227,7 +327,7 @@ impl XmppContext {
         };
         let mailbox = self.sessions.lock().get(&session)?.mailbox.clone();
         let (tx, rx) = oneshot::channel();
-        mailbox.send(SessionMsg::TakeOver(tx)).await.ok()?;
+        mailbox.send_control(SessionMsg::TakeOver(tx)).await.ok()?;
         let detached = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
             .await
             .ok()?
@@ -342,9 +442,19 @@ impl XmppContext {
     }
 }
 
-/// A mailbox for a new session.
-pub fn mailbox() -> (mpsc::Sender<SessionMsg>, mpsc::Receiver<SessionMsg>) {
-    mpsc::channel(MAILBOX)
+/// A mailbox for a new session, holding at most `max_bytes` of stanzas
+/// (and [`MAILBOX`] messages).
+pub fn mailbox(max_bytes: usize) -> (MailboxSender, MailboxReceiver) {
+    let (tx, rx) = mpsc::channel(MAILBOX);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (
+        MailboxSender {
+            tx,
+            queued: queued.clone(),
+            max_bytes,
+        },
+        MailboxReceiver { rx, queued },
+    )
 }
 
 fn now_ms() -> u64 {

@@ -2,9 +2,17 @@
 //! out its events against the [`XmppContext`], and delivers the session's
 //! mailbox to the client. A session with resumable stream management
 //! outlives a dropped connection until it is resumed or times out.
+//!
+//! Limits (`[limits]`, docs/security.md): the connection takes its place
+//! among all connections when accepted (and is refused with a stream error
+//! if there is none), its user's place once authenticated; it must have a
+//! bound resource within the handshake timeout; its stanzas are paced by a
+//! token bucket (reading stops while it is empty); and a write to a client
+//! that does not read is abandoned once the session is killed for it.
 
 use super::transport::{Incoming, StreamTransport, Transport, WsTransport};
-use super::{Detached, SessionMsg, XmppContext, mailbox};
+use super::{Detached, MailboxReceiver, SessionMsg, XmppContext, mailbox};
+use crate::limits::{ConnectionSlot, Refusal, TokenBucket, UserSlot};
 use crate::users::UserDb;
 use axum::extract::ws::WebSocket;
 use jid::FullJid;
@@ -12,7 +20,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tributary_sasl::{ScramCredentials, ScramHash};
 use tributary_xmpp::c2s::{Authenticator, C2sConfig, Connection, Event};
@@ -27,6 +34,9 @@ const DELIVERY_BATCH: usize = 64;
 /// Presence updates held for an inactive client (XEP-0352) before they are
 /// sent anyway.
 const MAX_HELD_PRESENCE: usize = 256;
+/// How long closing the transport may take (a TLS close_notify to a client
+/// that does not read would wait for ever).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a run over one transport ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,12 +55,26 @@ enum Outcome {
 struct Link {
     username: Option<String>,
     session: Option<SessionId>,
-    mailbox: Option<mpsc::Receiver<SessionMsg>>,
+    mailbox: Option<MailboxReceiver>,
     kill: CancellationToken,
     registered_resumable: bool,
     active: bool,
     held: Vec<Element>,
     peer: IpAddr,
+    /// This connection's place among all connections (released when its
+    /// transport ends, even if the session waits to be resumed).
+    slot: Option<ConnectionSlot>,
+    /// Why it has none, when it was accepted past the limit.
+    over_limit: Option<Refusal>,
+    /// Its user's place, once authenticated.
+    user_slot: Option<UserSlot>,
+    /// Set once this connection was refused for a limit: nothing more it
+    /// sent is acted on.
+    refused: bool,
+    /// When the stream must have a bound resource.
+    handshake_deadline: tokio::time::Instant,
+    /// Paces the client's stanzas (`None`: no limit).
+    rate: Option<TokenBucket>,
 }
 
 struct Auth<'a> {
@@ -110,7 +134,7 @@ fn c2s_config(ctx: &XmppContext, peer: IpAddr, secure: bool, framed: bool) -> C2
 /// the first byte on the direct-TLS port (XEP-0368).
 pub async fn run_tcp(stream: TcpStream, peer: SocketAddr, ctx: Arc<XmppContext>, direct_tls: bool) {
     let _ = stream.set_nodelay(true);
-    let mut link = Link::new(peer.ip());
+    let mut link = Link::new(peer.ip(), &ctx);
     if direct_tls {
         let Some(tls) = ctx.tls.clone() else { return };
         let Ok(Ok(stream)) = tokio::time::timeout(TLS_TIMEOUT, tls.acceptor.accept(stream)).await
@@ -147,7 +171,7 @@ pub async fn run_tcp(stream: TcpStream, peer: SocketAddr, ctx: Arc<XmppContext>,
 
 /// Serves one WebSocket connection (RFC 7395).
 pub async fn run_ws(socket: WebSocket, peer: SocketAddr, ctx: Arc<XmppContext>) {
-    let mut link = Link::new(peer.ip());
+    let mut link = Link::new(peer.ip(), &ctx);
     let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), false, true));
     let mut transport = WsTransport::new(socket);
     let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
@@ -155,7 +179,12 @@ pub async fn run_ws(socket: WebSocket, peer: SocketAddr, ctx: Arc<XmppContext>) 
 }
 
 impl Link {
-    fn new(peer: IpAddr) -> Self {
+    fn new(peer: IpAddr, ctx: &XmppContext) -> Self {
+        let limits = &ctx.limits;
+        let (slot, over_limit) = match limits.connections.admit() {
+            Ok(slot) => (Some(slot), None),
+            Err(refusal) => (None, Some(refusal)),
+        };
         Link {
             username: None,
             session: None,
@@ -165,11 +194,42 @@ impl Link {
             active: true,
             held: Vec::new(),
             peer,
+            slot,
+            over_limit,
+            user_slot: None,
+            refused: false,
+            handshake_deadline: tokio::time::Instant::now() + limits.handshake_timeout,
+            rate: TokenBucket::new(
+                limits.stanza_rate,
+                limits.stanza_burst,
+                std::time::Instant::now(),
+            ),
         }
+    }
+
+    /// Gives back this connection's places (its transport has ended).
+    fn release_places(&mut self) {
+        self.slot = None;
+        self.user_slot = None;
+    }
+
+    /// Refuses the connection for a limit: a stream error, and nothing it
+    /// sent from now on is acted on.
+    fn refuse(&mut self, conn: &mut Connection, condition: &str, refusal: &Refusal) {
+        tracing::warn!(peer = %self.peer, user = self.username.as_deref().unwrap_or(""), "XMPP connection refused: {}", refusal.text());
+        self.refused = true;
+        conn.close_with_error(condition, Some(&refusal.text()));
     }
 }
 
-async fn recv(mailbox: &mut Option<mpsc::Receiver<SessionMsg>>) -> Option<SessionMsg> {
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv(mailbox: &mut Option<MailboxReceiver>) -> Option<SessionMsg> {
     match mailbox {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -182,27 +242,60 @@ async fn pump<T: Transport>(
     link: &mut Link,
     ctx: &XmppContext,
 ) -> Outcome {
+    let outcome = pump_transport(transport, conn, link, ctx).await;
+    if outcome != Outcome::StartTls {
+        link.release_places();
+    }
+    outcome
+}
+
+/// Runs one transport until it ends or is upgraded to TLS.
+async fn pump_transport<T: Transport>(
+    transport: &mut T,
+    conn: &mut Connection,
+    link: &mut Link,
+    ctx: &XmppContext,
+) -> Outcome {
     let mut pending: Vec<u8> = Vec::new();
     loop {
+        // Past its stanza rate the client is not read from until the bucket refills.
+        let throttled = link
+            .rate
+            .as_mut()
+            .and_then(|r| r.ready_at(std::time::Instant::now()));
         tokio::select! {
-            incoming = transport.read() => {
-                let auth = Auth { users: &ctx.users, secret: &ctx.secret, peer: link.peer };
-                match incoming {
-                    Incoming::Data(data) => {
-                        pending.extend_from_slice(&data);
-                        let consumed = conn.handle_input(&pending, &auth);
-                        pending.drain(..consumed);
-                    }
-                    Incoming::Message(message) => conn.handle_message(&message, &auth),
-                    Incoming::Closed => {
-                        conn.transport_closed();
-                        return Outcome::Dropped;
+            incoming = transport.read(), if throttled.is_none() => {
+                if matches!(incoming, Incoming::Closed) {
+                    conn.transport_closed();
+                    return Outcome::Dropped;
+                }
+                if link.refused {
+                    // Refused already: its input is not acted on.
+                } else if let Some(refusal) = &link.over_limit {
+                    // Past the connection limit: answered once the client has spoken.
+                    let refusal = refusal.clone();
+                    link.refuse(conn, "resource-constraint", &refusal);
+                } else {
+                    let auth = Auth { users: &ctx.users, secret: &ctx.secret, peer: link.peer };
+                    match incoming {
+                        Incoming::Data(data) => {
+                            pending.extend_from_slice(&data);
+                            let consumed = conn.handle_input(&pending, &auth);
+                            pending.drain(..consumed);
+                        }
+                        Incoming::Message(message) => conn.handle_message(&message, &auth),
+                        Incoming::Closed => {}
                     }
                 }
             }
+            _ = sleep_until(throttled), if throttled.is_some() => {}
+            _ = tokio::time::sleep_until(link.handshake_deadline), if link.session.is_none() && !conn.is_closed() => {
+                tracing::info!(peer = %link.peer, user = link.username.as_deref().unwrap_or(""), "XMPP handshake timeout");
+                conn.close_with_error("connection-timeout", Some("the stream was not set up in time"));
+            }
             msg = recv(&mut link.mailbox) => {
                 let mut next = msg;
-                for _ in 0..DELIVERY_BATCH {
+                for taken in 1..=DELIVERY_BATCH {
                     match next {
                         Some(SessionMsg::Deliver(stanza)) => deliver(conn, link, stanza),
                         Some(SessionMsg::Close(condition, text)) => {
@@ -211,8 +304,11 @@ async fn pump<T: Transport>(
                         }
                         Some(SessionMsg::TakeOver(reply)) => {
                             hand_over(conn, link, reply);
-                            let _ = transport.write(drain(conn)).await;
-                            transport.shutdown().await;
+                            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+                                let _ = transport.write(drain(conn)).await;
+                                transport.shutdown().await;
+                            })
+                            .await;
                             return Outcome::TakenOver;
                         }
                         None => {
@@ -220,9 +316,13 @@ async fn pump<T: Transport>(
                             break;
                         }
                     }
-                    next = match link.mailbox.as_mut().map(|rx| rx.try_recv()) {
-                        Some(Ok(msg)) => Some(msg),
-                        _ => break,
+                    if taken == DELIVERY_BATCH {
+                        // Not one more: a message taken now would be dropped with the batch.
+                        break;
+                    }
+                    next = match link.mailbox.as_mut().and_then(MailboxReceiver::try_recv) {
+                        Some(msg) => Some(msg),
+                        None => break,
                     };
                 }
                 conn.request_ack_if_due();
@@ -237,10 +337,22 @@ async fn pump<T: Transport>(
         let mut upgrade = false;
         loop {
             while let Some(event) = conn.poll_event() {
+                if link.refused {
+                    // Events parsed before the refusal (a pipelined bind) are not acted on.
+                    continue;
+                }
                 match event {
                     Event::StartTls => upgrade = true,
                     Event::Authenticated { username } => {
                         tracing::debug!(username, peer = %link.peer, "XMPP client authenticated");
+                        match ctx.limits.connections.admit_user(&username) {
+                            Ok(slot) => link.user_slot = Some(slot),
+                            Err(refusal) => {
+                                link.username = Some(username);
+                                link.refuse(conn, "policy-violation", &refusal);
+                                continue;
+                            }
+                        }
                         link.username = Some(username);
                     }
                     Event::AuthFailed => {
@@ -250,6 +362,9 @@ async fn pump<T: Transport>(
                     }
                     Event::Bind { id, resource } => bind(conn, link, ctx, &id, resource),
                     Event::Stanza(stanza) => {
+                        if let Some(rate) = link.rate.as_mut() {
+                            rate.take(1, std::time::Instant::now());
+                        }
                         if let Some(session) = link.session {
                             ctx.handle_stanza(session, stanza);
                         }
@@ -280,7 +395,12 @@ async fn pump<T: Transport>(
                 link.registered_resumable = true;
             }
             // Input held back behind an event that is answered now.
-            if !pending.is_empty() && !conn.is_awaiting() && !conn.is_closed() && !upgrade {
+            if !pending.is_empty()
+                && !conn.is_awaiting()
+                && !conn.is_closed()
+                && !upgrade
+                && !link.refused
+            {
                 let auth = Auth {
                     users: &ctx.users,
                     secret: &ctx.secret,
@@ -294,7 +414,19 @@ async fn pump<T: Transport>(
             }
             break;
         }
-        if transport.write(drain(conn)).await.is_err() {
+        let chunks = drain(conn);
+        let written = tokio::select! {
+            biased;
+            r = transport.write(chunks) => r.is_ok(),
+            // The session was killed because the client does not read: do
+            // not wait for it to make room.
+            _ = link.kill.cancelled() => {
+                tracing::info!(peer = %link.peer, user = link.username.as_deref().unwrap_or(""), "XMPP client does not read; connection dropped");
+                conn.transport_closed();
+                return Outcome::Closed;
+            }
+        };
+        if !written {
             conn.transport_closed();
             return Outcome::Dropped;
         }
@@ -302,7 +434,9 @@ async fn pump<T: Transport>(
             return Outcome::StartTls;
         }
         if conn.is_closed() {
-            transport.shutdown().await;
+            // Its places are free before the client sees the end of the stream.
+            link.release_places();
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, transport.shutdown()).await;
             return Outcome::Closed;
         }
     }
@@ -353,7 +487,7 @@ fn bind(
         return;
     };
     let session = ctx.new_session_id();
-    let (tx, rx) = mailbox();
+    let (tx, rx) = mailbox(ctx.limits.max_buffered_bytes);
     match ctx.bind(
         session,
         &username,

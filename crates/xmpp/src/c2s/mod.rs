@@ -882,6 +882,10 @@ impl Connection {
     }
 
     fn fail_stream(&mut self, condition: &str, text: Option<&str>) {
+        // An error before our header still opens the stream first (RFC 6120 §4.9.1.1).
+        if !self.header_written {
+            self.write_header();
+        }
         self.write_element(&stream_error(condition, text));
         self.write_close();
         self.state = State::Closed;
