@@ -81,12 +81,15 @@ pub struct MailboxSender {
     tx: mpsc::Sender<(SessionMsg, usize)>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
+    drained: Arc<tokio::sync::Notify>,
 }
 
 /// The receiving side of a session's mailbox.
 pub struct MailboxReceiver {
     rx: mpsc::Receiver<(SessionMsg, usize)>,
     queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+    drained: Arc<tokio::sync::Notify>,
 }
 
 /// The mailbox is full (in stanzas or bytes), or its session is gone.
@@ -111,6 +114,25 @@ impl MailboxSender {
         Ok(())
     }
 
+    /// More than half full: senders should wait before adding to it.
+    pub fn congested(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > self.max_bytes / 2 || self.tx.capacity() < MAILBOX / 2
+    }
+
+    /// Waits until `deadline` for the mailbox to be no longer congested;
+    /// false if it still is.
+    pub async fn wait_uncongested(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            if !self.congested() || self.tx.is_closed() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.congested();
+            }
+        }
+    }
+
     /// Queues a control message (no stanza), waiting for room.
     async fn send_control(&self, msg: SessionMsg) -> Result<(), MailboxFull> {
         self.tx.send((msg, 0)).await.map_err(|_| MailboxFull)
@@ -121,15 +143,22 @@ impl MailboxReceiver {
     /// The next message; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<SessionMsg> {
         let (msg, size) = self.rx.recv().await?;
-        self.queued.fetch_sub(size, Ordering::AcqRel);
+        self.took(size);
         Some(msg)
     }
 
     /// The next message if one is queued.
     pub fn try_recv(&mut self) -> Option<SessionMsg> {
         let (msg, size) = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(size, Ordering::AcqRel);
+        self.took(size);
         Some(msg)
+    }
+
+    fn took(&self, size: usize) {
+        let left = self.queued.fetch_sub(size, Ordering::AcqRel) - size;
+        if left <= self.max_bytes / 2 && self.rx.len() < MAILBOX / 2 {
+            self.drained.notify_waiters();
+        }
     }
 }
 
@@ -300,15 +329,42 @@ impl XmppContext {
         })
     }
 
-    /// A stanza from a bound session.
-    pub fn handle_stanza(&self, session: SessionId, stanza: Element) {
+    /// A stanza from a bound session. Returns the mailboxes of other
+    /// sessions it went to that are more than half full: the sender waits
+    /// for them before reading more, so a fast sender is slowed down
+    /// instead of its recipients being disconnected.
+    pub fn handle_stanza(
+        &self,
+        session: SessionId,
+        stanza: Element,
+    ) -> Vec<(MailboxSender, CancellationToken)> {
         let accounts = UserAccounts(&self.users);
         let mut hub = self.hub.lock();
         let mut out = Vec::new();
         hub.handle_stanza(session, stanza, &accounts, now_ms(), &mut out);
+        let congested = {
+            let sessions = self.sessions.lock();
+            let mut seen = Vec::new();
+            let mut congested = Vec::new();
+            for o in &out {
+                if let Output::Deliver { session: to, .. } = o
+                    && *to != session
+                    && !seen.contains(to)
+                    && let Some(handle) = sessions.get(to)
+                {
+                    seen.push(*to);
+                    congested.push((handle.mailbox.clone(), handle.kill.clone()));
+                }
+            }
+            congested
+        };
         let bridged = self.apply(out);
         drop(hub);
         self.run_bridge(bridged);
+        congested
+            .into_iter()
+            .filter(|(mailbox, _)| mailbox.congested())
+            .collect()
     }
 
     /// Makes a session resumable under its stream-management id.
@@ -447,13 +503,20 @@ impl XmppContext {
 pub fn mailbox(max_bytes: usize) -> (MailboxSender, MailboxReceiver) {
     let (tx, rx) = mpsc::channel(MAILBOX);
     let queued = Arc::new(AtomicUsize::new(0));
+    let drained = Arc::new(tokio::sync::Notify::new());
     (
         MailboxSender {
             tx,
             queued: queued.clone(),
             max_bytes,
+            drained: drained.clone(),
         },
-        MailboxReceiver { rx, queued },
+        MailboxReceiver {
+            rx,
+            queued,
+            max_bytes,
+            drained,
+        },
     )
 }
 

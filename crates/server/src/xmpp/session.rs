@@ -11,7 +11,7 @@
 //! that does not read is abandoned once the session is killed for it.
 
 use super::transport::{Incoming, StreamTransport, Transport, WsTransport};
-use super::{Detached, MailboxReceiver, SessionMsg, XmppContext, mailbox};
+use super::{Detached, MailboxReceiver, MailboxSender, SessionMsg, XmppContext, mailbox};
 use crate::limits::{ConnectionSlot, Refusal, TokenBucket, UserSlot};
 use crate::users::UserDb;
 use axum::extract::ws::WebSocket;
@@ -257,6 +257,11 @@ async fn pump_transport<T: Transport>(
     ctx: &XmppContext,
 ) -> Outcome {
     let mut pending: Vec<u8> = Vec::new();
+    // Mailboxes of recipients more than half full: the client is not read
+    // from until they drain (or CONGESTION_WAIT passes), so a fast sender is
+    // slowed down rather than its recipients disconnected. Its own mailbox
+    // keeps being delivered meanwhile, so two senders never wait on each other.
+    let mut congested: Vec<(MailboxSender, CancellationToken)> = Vec::new();
     loop {
         // Past its stanza rate the client is not read from until the bucket refills.
         let throttled = link
@@ -264,7 +269,10 @@ async fn pump_transport<T: Transport>(
             .as_mut()
             .and_then(|r| r.ready_at(std::time::Instant::now()));
         tokio::select! {
-            incoming = transport.read(), if throttled.is_none() => {
+            _ = wait_uncongested(&congested), if !congested.is_empty() => {
+                congested.clear();
+            }
+            incoming = transport.read(), if throttled.is_none() && congested.is_empty() => {
                 if matches!(incoming, Incoming::Closed) {
                     conn.transport_closed();
                     return Outcome::Dropped;
@@ -366,7 +374,7 @@ async fn pump_transport<T: Transport>(
                             rate.take(1, std::time::Instant::now());
                         }
                         if let Some(session) = link.session {
-                            ctx.handle_stanza(session, stanza);
+                            congested.extend(ctx.handle_stanza(session, stanza));
                         }
                     }
                     Event::Resume { previd, h } => resume(conn, link, ctx, &previd, h).await,
@@ -438,6 +446,22 @@ async fn pump_transport<T: Transport>(
             link.release_places();
             let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, transport.shutdown()).await;
             return Outcome::Closed;
+        }
+    }
+}
+
+/// How long a sender waits for a congested recipient to drain below half;
+/// a recipient that has not by then is not reading, and is closed.
+const CONGESTION_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until every mailbox in `congested` has drained below half; the
+/// sessions of those that have not after [`CONGESTION_WAIT`] are closed.
+async fn wait_uncongested(congested: &[(MailboxSender, CancellationToken)]) {
+    let deadline = tokio::time::Instant::now() + CONGESTION_WAIT;
+    for (mailbox, kill) in congested {
+        if !mailbox.wait_uncongested(deadline).await {
+            tracing::warn!("XMPP session does not read; closing it");
+            kill.cancel();
         }
     }
 }
