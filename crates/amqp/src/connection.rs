@@ -53,8 +53,27 @@ pub struct ConnectionConfig {
     pub product: String,
     /// `version` in the server properties.
     pub version: String,
-    /// SASL mechanisms offered, in order of preference.
+    /// SASL mechanisms offered, in order of preference. `EXTERNAL` belongs
+    /// here only for a connection whose transport authenticated the client
+    /// (TLS with a verified client certificate, see [`ConnectionConfig::with_external`]).
     pub mechanisms: Vec<String>,
+}
+
+impl ConnectionConfig {
+    /// The same configuration offering SASL EXTERNAL first, as RabbitMQ's
+    /// `rabbitmq_auth_mechanism_ssl` does on a TLS connection whose client
+    /// presented a verified certificate.
+    pub fn with_external(mut self) -> Self {
+        if !self
+            .mechanisms
+            .iter()
+            .any(|m| m == Mechanism::External.name())
+        {
+            self.mechanisms
+                .insert(0, Mechanism::External.name().to_owned());
+        }
+        self
+    }
 }
 
 impl Default for ConnectionConfig {
@@ -80,6 +99,9 @@ pub enum Mechanism {
     Plain,
     /// RabbitMQ/QPid AMQPLAIN: a field table with LOGIN and PASSWORD.
     AmqPlain,
+    /// RFC 4422 EXTERNAL: the transport (a client certificate) says who the
+    /// client is; the response is an optional authorization identity.
+    External,
 }
 
 impl Mechanism {
@@ -88,6 +110,7 @@ impl Mechanism {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::AmqPlain => "AMQPLAIN",
+            Mechanism::External => "EXTERNAL",
         }
     }
 
@@ -95,6 +118,7 @@ impl Mechanism {
         match name {
             b"PLAIN" => Some(Mechanism::Plain),
             b"AMQPLAIN" => Some(Mechanism::AmqPlain),
+            b"EXTERNAL" => Some(Mechanism::External),
             _ => None,
         }
     }
@@ -106,13 +130,15 @@ impl Mechanism {
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// Client picked a mechanism and sent credentials; answer with accept_auth / reject_auth.
+    /// Client picked a mechanism and sent credentials; answer with accept_auth / reject_auth
+    /// (EXTERNAL: [`Connection::accept_auth_as`] with the transport's identity).
     Authenticate {
         /// The chosen mechanism.
         mechanism: Mechanism,
-        /// The user name.
+        /// The user name; for EXTERNAL, the authorization identity the client asked for
+        /// (usually empty: the identity the transport authenticated).
         username: String,
-        /// The password, in clear.
+        /// The password, in clear (empty for EXTERNAL).
         password: String,
     },
     /// connection.open; answer with accept_open / reject_open.
@@ -414,6 +440,15 @@ impl Connection {
         self.write_method(0, &tune);
         self.state = State::ExpectTuneOk;
         self.resume();
+    }
+
+    /// Lets the login through as `user` (EXTERNAL: the name the client
+    /// certificate stands for, which the machine cannot know): sends connection.tune.
+    pub fn accept_auth_as(&mut self, user: &str) {
+        if matches!(self.state, State::AwaitAuth { .. }) {
+            self.pending_user = Some(user.to_owned());
+            self.accept_auth();
+        }
     }
 
     /// Refuses the login: 403 ACCESS_REFUSED connection.close as RabbitMQ sends it when the
@@ -879,6 +914,7 @@ impl Connection {
         let creds = match mech {
             Mechanism::Plain => parse_plain(&response),
             Mechanism::AmqPlain => parse_amqplain(response),
+            Mechanism::External => utf8(&response).map(|authzid| (authzid, String::new())),
         };
         match creds {
             Ok((username, password)) => {

@@ -1054,3 +1054,81 @@ fn paused_reading_restarts_the_missed_heartbeat_deadline() {
     p.advance(Duration::from_secs(10));
     assert!(p.conn.is_closed());
 }
+
+#[test]
+fn external_is_offered_only_when_configured() {
+    // Plain TCP, or TLS without a verified client certificate: not offered, refused if chosen.
+    let mut p = Pair::new(ConnectionConfig::default());
+    p.send_raw(&PROTOCOL_HEADER);
+    let m = p.methods();
+    let Method::ConnectionStart { mechanisms, .. } = &m[0].1 else {
+        panic!()
+    };
+    assert!(!mechanisms.windows(8).any(|w| w == b"EXTERNAL"));
+
+    // A verified client certificate: offered first, and the login flows to the application.
+    let config = ConnectionConfig::default().with_external().with_external();
+    assert_eq!(config.mechanisms, vec!["EXTERNAL", "PLAIN", "AMQPLAIN"]);
+    let mut p = Pair::new(config);
+    p.send_raw(&PROTOCOL_HEADER);
+    let m = p.methods();
+    let Method::ConnectionStart { mechanisms, .. } = &m[0].1 else {
+        panic!()
+    };
+    assert_eq!(&mechanisms[..], b"EXTERNAL PLAIN AMQPLAIN");
+    p.send(
+        0,
+        &Method::ConnectionStartOk {
+            client_properties: FieldTable::default(),
+            mechanism: "EXTERNAL".into(),
+            response: Bytes::new(),
+            locale: "en_US".into(),
+        },
+    );
+    assert_eq!(
+        p.events(),
+        vec![Event::Authenticate {
+            mechanism: Mechanism::External,
+            username: String::new(),
+            password: String::new()
+        }]
+    );
+    p.conn.accept_auth_as("alice");
+    assert!(matches!(
+        &p.methods()[..],
+        [(0, Method::ConnectionTune { .. })]
+    ));
+    assert_eq!(p.conn.user(), Some("alice"));
+}
+
+#[test]
+fn external_refusal_names_the_mechanism() {
+    let mut p = Pair::new(ConnectionConfig::default().with_external());
+    p.send_raw(&PROTOCOL_HEADER);
+    p.methods();
+    p.send(
+        0,
+        &Method::ConnectionStartOk {
+            client_properties: FieldTable(vec![(
+                "capabilities".into(),
+                FieldValue::Table(FieldTable(vec![(
+                    "authentication_failure_close".into(),
+                    FieldValue::Bool(true),
+                )])),
+            )]),
+            mechanism: "EXTERNAL".into(),
+            response: Bytes::from_static(b"mallory"),
+            locale: "en_US".into(),
+        },
+    );
+    assert!(matches!(
+        &p.events()[..],
+        [Event::Authenticate { mechanism: Mechanism::External, username, .. }] if username == "mallory"
+    ));
+    p.conn.reject_auth("unknown user");
+    let (text, _, _) = p.expect_connection_close(403);
+    assert_eq!(
+        text,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile."
+    );
+}

@@ -53,6 +53,31 @@ impl Broker {
         self.vhosts.read().get(name).cloned()
     }
 
+    /// Creates a vhost (`rabbitmqctl add_vhost`); an existing one is
+    /// returned as is. Its queue limit starts as the default vhost's.
+    pub fn add_vhost(&self, name: &str) -> Arc<VHost> {
+        let mut vhosts = self.vhosts.write();
+        if let Some(v) = vhosts.get(name) {
+            return v.clone();
+        }
+        let v = VHost::new(name, self.persistence.clone(), self.budget.clone());
+        v.set_max_queues(self.default_vhost.max_queues());
+        vhosts.insert(name.into(), v.clone());
+        v
+    }
+
+    /// Deletes a vhost and everything in it (`rabbitmqctl delete_vhost`);
+    /// false when there is no such vhost. The default vhost `/` can be
+    /// deleted too, as in RabbitMQ; [`Broker::default_vhost`] then still
+    /// names the deleted object until `/` is created again.
+    pub fn delete_vhost(&self, name: &str) -> bool {
+        let Some(v) = self.vhosts.write().remove(name) else {
+            return false;
+        };
+        v.destroy();
+        true
+    }
+
     /// All vhosts.
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts.read().values().cloned().collect()
@@ -70,5 +95,41 @@ impl Broker {
     /// A fresh connection id, unique for the broker's lifetime.
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueOptions;
+
+    #[test]
+    fn vhosts_are_created_isolated_and_deleted_with_their_contents() {
+        let broker = Broker::new(None, 1 << 20);
+        let a = broker.add_vhost("a");
+        assert!(Arc::ptr_eq(&a, &broker.add_vhost("a")), "idempotent");
+        a.declare_queue("q", false, QueueOptions::default(), 1)
+            .unwrap();
+        a.declare_exchange("x", "fanout", false, |kind| {
+            crate::exchange::ExchangeOptions {
+                delayed: false,
+                kind,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                arguments: Default::default(),
+            }
+        })
+        .unwrap();
+        assert!(broker.default_vhost().queue("q", 1).is_err(), "isolated");
+        assert!(broker.delete_vhost("a"));
+        assert!(!broker.delete_vhost("a"));
+        assert!(a.is_deleted());
+        assert!(a.queues().is_empty());
+        assert!(a.exchange("x").is_err());
+        assert!(a.exchange("amq.topic").is_ok(), "standard exchanges stay");
+        assert!(broker.vhost("a").is_none());
+        let again = broker.add_vhost("a");
+        assert!(!again.is_deleted() && again.queues().is_empty());
     }
 }

@@ -56,6 +56,8 @@ struct Slot {
     expires_at: Option<u64>,
     delivery_count: u32,
     message: Option<Arc<Message>>,
+    /// When it became ready (ms since the epoch), for the delivery latency.
+    enqueued_at: u64,
 }
 
 impl Slot {
@@ -233,6 +235,61 @@ pub struct Queue {
     /// Set once a message with an expiry entered: the sweep then visits the queue.
     may_expire: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
+    counters: QueueCounters,
+}
+
+/// Running totals of what went through a queue (for metrics and the
+/// management API's message stats).
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Messages accepted into the queue.
+    pub published: std::sync::atomic::AtomicU64,
+    /// Messages handed to consumers or `basic.get`.
+    pub delivered: std::sync::atomic::AtomicU64,
+    /// Of those, ones that had been delivered before.
+    pub redelivered: std::sync::atomic::AtomicU64,
+    /// Deliveries acknowledged.
+    pub acked: std::sync::atomic::AtomicU64,
+    /// Messages given up on without a dead-letter exchange (expiry, overflow).
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Messages republished to the dead-letter exchange.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+}
+
+/// Upper bounds (ms) of the [`DeliveryLatency`] buckets; a last one is +Inf.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// How long messages waited in queues between becoming ready (published,
+/// or requeued) and being handed to a consumer or `basic.get`: a cumulative
+/// histogram over every queue of the process, for metrics.
+#[derive(Debug)]
+pub struct DeliveryLatency {
+    /// Observations at or below each bound of [`LATENCY_BUCKETS_MS`], then all.
+    pub buckets: [std::sync::atomic::AtomicU64; 13],
+    /// Sum of the observations in ms.
+    pub sum_ms: std::sync::atomic::AtomicU64,
+}
+
+impl DeliveryLatency {
+    fn observe(&self, ms: u64) {
+        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.buckets) {
+            if ms <= *bound {
+                bump(bucket, 1);
+            }
+        }
+        bump(&self.buckets[12], 1);
+        bump(&self.sum_ms, ms);
+    }
+}
+
+/// The process-wide delivery latency histogram.
+pub static DELIVERY_LATENCY: DeliveryLatency = DeliveryLatency {
+    buckets: [const { std::sync::atomic::AtomicU64::new(0) }; 13],
+    sum_ms: std::sync::atomic::AtomicU64::new(0),
+};
+
+fn bump(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for Queue {
@@ -288,6 +345,7 @@ impl Queue {
             durability,
             home,
             may_expire: std::sync::atomic::AtomicBool::new(false),
+            counters: QueueCounters::default(),
         })
     }
 
@@ -370,6 +428,10 @@ impl Queue {
     /// The message is being handed out: record it so a restart flags it
     /// redelivered, or, for deliveries that need no ack, drop the store's copy.
     fn handed_out(&self, stored: Option<Stored>, redelivered: bool, no_ack: bool) {
+        bump(&self.counters.delivered, 1);
+        if redelivered {
+            bump(&self.counters.redelivered, 1);
+        }
         if let (Some(d), Some(s)) = (&self.durability, stored) {
             if no_ack {
                 // Settled by `delivered_no_ack` once the delivery is really written.
@@ -431,6 +493,7 @@ impl Queue {
             expires_at: entry.expires_at,
             delivery_count: entry.delivery_count,
             message: None,
+            enqueued_at: now_ms(),
         };
         if let Some(d) = &self.durability {
             d.budget.entries_added(1);
@@ -481,6 +544,8 @@ impl Queue {
             && let Some(m) = self.load(&slot)
         {
             st.dead.push((m, reason));
+        } else {
+            bump(&self.counters.dropped, 1);
         }
         self.forget(slot.stored);
     }
@@ -505,6 +570,7 @@ impl Queue {
                     Value::I64(slot.delivery_count as i64),
                 );
             }
+            DELIVERY_LATENCY.observe(now.saturating_sub(slot.enqueued_at));
             return Some(Entry {
                 seq: slot.seq,
                 message,
@@ -603,6 +669,7 @@ impl Queue {
                 delivery_count: 0,
             },
         );
+        bump(&self.counters.published, 1);
         self.trim(&mut st);
         self.dispatch_locked(&mut st, now);
         self.unlock_and_flush(st);
@@ -717,6 +784,7 @@ impl Queue {
             expires_at: entry.expires_at,
             delivery_count: entry.delivery_count,
             message: Some(entry.message),
+            enqueued_at: now_ms(),
         });
     }
 
@@ -775,6 +843,7 @@ impl Queue {
 
     /// Settles a delivery as acknowledged: it leaves the queue for good.
     pub fn settle(&self, entry: &Entry) {
+        bump(&self.counters.acked, 1);
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(1);
         if !st.deleted {
@@ -874,6 +943,7 @@ impl Queue {
         }
         let dead = std::mem::take(&mut st.dead);
         drop(st);
+        bump(&self.counters.dead_lettered, dead.len() as u64);
         let Some(vhost) = self.home.upgrade() else {
             return;
         };
@@ -1011,6 +1081,22 @@ impl Queue {
             )));
         }
         Ok(())
+    }
+
+    /// Running totals of what went through the queue.
+    pub fn counters(&self) -> &QueueCounters {
+        &self.counters
+    }
+
+    /// The attached consumers, for listings: (tag, owning connection,
+    /// channel, options), highest priority first.
+    pub fn consumers(&self) -> Vec<(Arc<str>, ConnectionId, u16, ConsumerOptions)> {
+        self.state
+            .lock()
+            .consumers
+            .iter()
+            .map(|c| (c.tag.clone(), c.owner, c.channel, c.options))
+            .collect()
     }
 }
 

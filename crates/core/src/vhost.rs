@@ -40,6 +40,11 @@ pub struct VHost {
     delay_ids: parking_lot::Mutex<(Option<u64>, Option<u64>)>,
     /// Most queues this vhost may hold (RabbitMQ's `max-queues`); 0 = no limit.
     max_queues: std::sync::atomic::AtomicUsize,
+    /// Set once the vhost is deleted: its connections must close.
+    deleted: std::sync::atomic::AtomicBool,
+    /// An id the owner of the vhost list gives this incarnation, to tell it
+    /// from a vhost of the same name deleted and created again.
+    incarnation: std::sync::atomic::AtomicU64,
 }
 
 /// What became of a message handed to [`VHost::enqueue`].
@@ -95,6 +100,8 @@ impl VHost {
                 waiting: parking_lot::Mutex::new(Waiting::default()),
                 delay_ids: parking_lot::Mutex::new((None, None)),
                 max_queues: std::sync::atomic::AtomicUsize::new(0),
+                deleted: std::sync::atomic::AtomicBool::new(false),
+                incarnation: std::sync::atomic::AtomicU64::new(0),
             };
             {
                 let mut ex = vhost.exchanges.write();
@@ -632,6 +639,58 @@ impl VHost {
         }
         self.unbind_everywhere(&Destination::Queue(queue.clone()), durable);
         queue.mark_deleted()
+    }
+
+    /// The id set by [`VHost::set_incarnation`] (0 until then).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records which incarnation of the name this vhost is.
+    pub fn set_incarnation(&self, id: u64) {
+        self.incarnation
+            .store(id, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the vhost was deleted (`rabbitmqctl delete_vhost`); the
+    /// protocols close the connections still using it.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Deletes everything the vhost holds, as `delete_vhost` does: every
+    /// queue with its messages, every exchange the users declared, waiting
+    /// delayed messages, and their stored definitions. The vhost is marked
+    /// deleted so that connections still using it close.
+    pub(crate) fn destroy(&self) {
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        for queue in self.queues() {
+            self.remove_queue(&queue);
+        }
+        let declared: Vec<Arc<str>> = self
+            .exchanges
+            .read()
+            .keys()
+            .filter(|n| !n.is_empty() && !n.starts_with("amq."))
+            .cloned()
+            .collect();
+        for name in declared {
+            let _ = self.delete_exchange(&name, false);
+        }
+        let held = self.waiting.lock().due(u64::MAX);
+        if let Some(p) = &self.persistence {
+            for s in held.into_iter().filter_map(|h| h.stored) {
+                p.ack(s.queue, s.msg_id);
+            }
+            let ids = *self.delay_ids.lock();
+            for id in [ids.0, ids.1].into_iter().flatten() {
+                p.queue_deleted(id);
+            }
+            if ids.0.is_some() {
+                p.delete_definition("delayed", &self.name);
+            }
+        }
     }
 
     /// Deletes every exclusive queue a closing connection owned.

@@ -7,6 +7,7 @@
 //! [`ScramServer::server_first`], and decides authorization after a successful exchange.
 //!
 //! * [`parse_plain`]: PLAIN (RFC 4616).
+//! * [`parse_external`]: EXTERNAL (RFC 4422 Appendix A), for TLS client certificates.
 //! * [`ScramServer`]: SCRAM-SHA-1 and SCRAM-SHA-256 (RFC 5802, RFC 7677), with or without
 //!   channel binding (`-PLUS`, `tls-exporter` RFC 9266 and `tls-server-end-point` RFC 5929).
 //! * [`ScramCredentials`]: the stored keys a user database keeps instead of passwords.
@@ -16,12 +17,14 @@
 mod credentials;
 mod crypto;
 mod error;
+mod external;
 pub mod fuzzing;
 mod plain;
 mod scram;
 
 pub use credentials::{DEFAULT_ITERATIONS, SALT_LEN, ScramCredentials};
 pub use error::SaslError;
+pub use external::{External, parse_external};
 pub use plain::{Plain, parse_plain};
 pub use scram::{ChannelBindings, ClientFirst, ScramServer};
 

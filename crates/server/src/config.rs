@@ -114,18 +114,27 @@ pub struct MqttConfig {
     /// value as Server Keep Alive in the CONNACK, and the server holds the
     /// client to it. 65535 leaves the client's choice alone.
     pub max_keep_alive: u16,
+    /// A client on MQTTS with a verified certificate that sends no password
+    /// logs in as the certificate's user (RabbitMQ's `mqtt.ssl_cert_login`).
+    pub ssl_cert_login: bool,
+    /// The vhost of clients whose username has no `vhost:` prefix
+    /// (RabbitMQ's `mqtt.vhost`).
+    pub vhost: String,
 }
 
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             max_keep_alive: u16::MAX,
+            vhost: "/".into(),
+            ssl_cert_login: false,
         }
     }
 }
 
-/// The certificate the TLS listeners present (MQTT over TLS, and XMPP unless
-/// `[xmpp]` names its own).
+/// The certificate the TLS listeners present (AMQPS, MQTTS, HTTPS, and XMPP
+/// unless `[xmpp]` names its own) and how client certificates are checked
+/// (RabbitMQ's `ssl_options` names). docs/security.md, "TLS".
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -134,6 +143,39 @@ pub struct TlsConfig {
     pub certificate: String,
     /// PEM private key matching `certificate`.
     pub key: String,
+    /// PEM bundle of the certificate authorities client certificates must
+    /// chain to (needed by `verify = "verify_peer"`).
+    pub ca_certificate: String,
+    /// Whether clients are asked for a certificate, checked against
+    /// `ca_certificate`.
+    pub verify: TlsVerify,
+    /// With `verify_peer`: refuse a client that presents no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// Where SASL EXTERNAL takes the user name from in a client certificate
+    /// (RabbitMQ's `ssl_cert_login_from`).
+    pub peer_cert_login_from: CertLoginFrom,
+}
+
+/// `[tls] verify`: RabbitMQ's `verify_none` / `verify_peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsVerify {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// A client certificate is asked for and must chain to `ca_certificate`.
+    VerifyPeer,
+}
+
+/// `[tls] peer_cert_login_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CertLoginFrom {
+    /// The subject's common name (CN).
+    #[default]
+    CommonName,
+    /// The first DNS or e-mail subject alternative name.
+    SubjectAlternativeName,
 }
 
 /// The XMPP service: its domain, TLS and session policy.
@@ -164,6 +206,58 @@ pub struct XmppConfig {
     pub bridge: bool,
     /// The exchange whose routing keys are JIDs (messages to XMPP users).
     pub bridge_exchange: String,
+    /// The vhost the domain belongs to: where the bridge routes and whose
+    /// permissions it applies.
+    pub vhost: String,
+    /// The publish-subscribe service (XEP-0060); unset means
+    /// `pubsub.<domain>`, an empty string disables it.
+    pub pubsub_domain: Option<String>,
+    /// HTTP File Upload (XEP-0363); unset means `upload.<domain>`, an empty
+    /// string disables it. Files are served by the HTTP listener.
+    pub upload_domain: Option<String>,
+    /// Largest file accepted for upload, in bytes.
+    pub upload_max_file_size: u64,
+    /// Bytes of uploaded files one user may keep.
+    pub upload_quota_per_user: u64,
+    /// Base of upload URLs (e.g. `https://files.example.org`); empty derives
+    /// `http://<HTTP listener's bound address>`.
+    pub upload_url: String,
+    /// Multi-User Chat (XEP-0045); unset means `conference.<domain>`, an
+    /// empty string disables it.
+    pub muc_domain: Option<String>,
+    /// Messages kept in each message archive (XEP-0313: every account's
+    /// one-to-one messages, every room's); the oldest go first, 0 disables
+    /// archiving.
+    pub mam_max_messages: usize,
+}
+
+impl XmppConfig {
+    /// The MUC service's domain, if enabled.
+    pub fn muc_jid(&self) -> Option<String> {
+        match &self.muc_domain {
+            None => Some(format!("conference.{}", self.domain)),
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(d.clone()),
+        }
+    }
+
+    /// The pubsub component's domain, if enabled.
+    pub fn pubsub_jid(&self) -> Option<String> {
+        match &self.pubsub_domain {
+            None => Some(format!("pubsub.{}", self.domain)),
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(d.clone()),
+        }
+    }
+
+    /// The upload service's domain, if enabled.
+    pub fn upload_jid(&self) -> Option<String> {
+        match &self.upload_domain {
+            None => Some(format!("upload.{}", self.domain)),
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(d.clone()),
+        }
+    }
 }
 
 impl Default for XmppConfig {
@@ -179,6 +273,14 @@ impl Default for XmppConfig {
             max_stanza_size: 262_144,
             bridge: true,
             bridge_exchange: "xmpp".into(),
+            vhost: "/".into(),
+            pubsub_domain: None,
+            upload_domain: None,
+            upload_max_file_size: 10 * 1024 * 1024,
+            upload_quota_per_user: 100 * 1024 * 1024,
+            upload_url: String::new(),
+            muc_domain: None,
+            mam_max_messages: 10_000,
         }
     }
 }
@@ -245,6 +347,11 @@ pub struct Listeners {
     pub xmpps: String,
     /// MQTT over TLS (8883, Mosquitto's). Empty string disables it.
     pub mqtts: String,
+    /// AMQP 0-9-1 over TLS (RabbitMQ's default: 5671). Empty string disables it.
+    pub amqps: String,
+    /// HTTPS: the HTTP listener's routes over TLS (15671, RabbitMQ's
+    /// management TLS port). Empty string disables it.
+    pub https: String,
 }
 
 impl Default for Listeners {
@@ -256,6 +363,8 @@ impl Default for Listeners {
             xmpp: "127.0.0.1:5222".into(),
             xmpps: "127.0.0.1:5223".into(),
             mqtts: "127.0.0.1:8883".into(),
+            amqps: "127.0.0.1:5671".into(),
+            https: "127.0.0.1:15671".into(),
         }
     }
 }
@@ -312,6 +421,9 @@ pub struct AuthConfig {
     pub loopback_users: Vec<String>,
     /// Whether to create `guest`/`guest` when the user database is first made.
     pub create_guest: bool,
+    /// Milliseconds a failed login waits before it is refused (slows down
+    /// password guessing without holding up other connections).
+    pub failure_delay_ms: u64,
 }
 
 impl Default for AuthConfig {
@@ -319,6 +431,7 @@ impl Default for AuthConfig {
         AuthConfig {
             loopback_users: vec!["guest".into()],
             create_guest: true,
+            failure_delay_ms: 1000,
         }
     }
 }
@@ -411,6 +524,8 @@ impl Config {
             ("listeners.xmpp", &self.listeners.xmpp, "127.0.0.1:5222"),
             ("listeners.xmpps", &self.listeners.xmpps, "127.0.0.1:5223"),
             ("listeners.mqtts", &self.listeners.mqtts, "127.0.0.1:8883"),
+            ("listeners.amqps", &self.listeners.amqps, "127.0.0.1:5671"),
+            ("listeners.https", &self.listeners.https, "127.0.0.1:15671"),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return Err(bad(
@@ -425,6 +540,15 @@ impl Config {
                 format!("`{}` is not a valid domain", self.xmpp.domain),
             ));
         }
+        if let Some(muc) = self.xmpp.muc_jid()
+            && (muc == self.xmpp.domain
+                || !jid::BareJid::new(&muc).is_ok_and(|j| j.node().is_none()))
+        {
+            return Err(bad(
+                "xmpp.muc_domain",
+                format!("`{muc}` is not a valid domain apart from xmpp.domain"),
+            ));
+        }
         if self.xmpp.certificate.is_empty() != self.xmpp.key.is_empty() {
             return Err(bad(
                 "xmpp.key",
@@ -437,6 +561,7 @@ impl Config {
                 "set both tls.certificate and tls.key, or neither".into(),
             ));
         }
+        self.validate_tls(path)?;
         if self.xmpp.max_stanza_size < 10_000 {
             return Err(bad(
                 "xmpp.max_stanza_size",
@@ -461,6 +586,34 @@ impl Config {
         self.validate_limits(path)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(bad("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        let tls = &self.tls;
+        if tls.verify == TlsVerify::VerifyPeer && tls.ca_certificate.is_empty() {
+            return Err(bad(
+                "tls.ca_certificate",
+                "verify = \"verify_peer\" needs the CA bundle client certificates chain to",
+            ));
+        }
+        if tls.fail_if_no_peer_cert && tls.verify != TlsVerify::VerifyPeer {
+            return Err(bad(
+                "tls.fail_if_no_peer_cert",
+                "only applies with verify = \"verify_peer\"",
+            ));
+        }
+        if self.auth.failure_delay_ms > 60_000 {
+            return Err(bad(
+                "auth.failure_delay_ms",
+                "must be at most 60000 (one minute)",
+            ));
         }
         Ok(())
     }
@@ -531,6 +684,16 @@ impl Config {
     pub fn amqp_addr(&self) -> Option<SocketAddr> {
         self.listeners.amqp.parse().ok()
     }
+
+    /// The AMQP-over-TLS listener address, if enabled.
+    pub fn amqps_addr(&self) -> Option<SocketAddr> {
+        self.listeners.amqps.parse().ok()
+    }
+
+    /// The HTTPS listener address, if enabled.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.listeners.https.parse().ok()
+    }
 }
 
 /// The default data directory: `$TRIBUTARY_DATA_DIR`, else
@@ -585,6 +748,44 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_have_defaults_and_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listeners.amqps, "127.0.0.1:5671");
+        assert_eq!(c.listeners.https, "127.0.0.1:15671");
+        assert_eq!(c.tls.verify, TlsVerify::None);
+        assert!(!c.tls.fail_if_no_peer_cert);
+        assert_eq!(c.tls.peer_cert_login_from, CertLoginFrom::CommonName);
+        assert!(!c.mqtt.ssl_cert_login);
+        assert_eq!(c.auth.failure_delay_ms, 1000);
+        let c = parse(
+            "[tls]\nca_certificate = \"ca.pem\"\nverify = \"verify_peer\"\n\
+             fail_if_no_peer_cert = true\npeer_cert_login_from = \"subject_alternative_name\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.verify, TlsVerify::VerifyPeer);
+        assert_eq!(
+            c.tls.peer_cert_login_from,
+            CertLoginFrom::SubjectAlternativeName
+        );
+        let e = parse("[tls]\nverify = \"verify_peer\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.ca_certificate"), "{e}");
+        let e = parse("[tls]\nfail_if_no_peer_cert = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls.fail_if_no_peer_cert"), "{e}");
+        let e = parse("[tls]\nverify = \"verify_all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("verify"), "{e}");
+        let e = parse("[listeners]\namqps = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listeners.amqps"), "{e}");
+    }
+
+    #[test]
     fn limits_have_defaults_and_are_checked() {
         let c = parse("").unwrap();
         assert_eq!(c.limits.max_connections_per_user, 0);
@@ -617,5 +818,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn muc_domain_and_archive_size() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.xmpp.muc_jid().as_deref(), Some("conference.localhost"));
+        assert_eq!(c.xmpp.mam_max_messages, 10_000);
+        let c = parse("[xmpp]\nmuc_domain = \"\"\nmam_max_messages = 0\n").expect("off");
+        assert_eq!(c.xmpp.muc_jid(), None);
+        let c = parse("[xmpp]\nmuc_domain = \"rooms.localhost\"\n").expect("custom");
+        assert_eq!(c.xmpp.muc_jid().as_deref(), Some("rooms.localhost"));
+        let e = parse("[xmpp]\nmuc_domain = \"a@b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xmpp.muc_domain"), "{e}");
     }
 }

@@ -27,6 +27,8 @@ pub struct Limits {
     open: AtomicUsize,
     /// Authenticated connections per user, for users that have any.
     users: Mutex<HashMap<String, usize>>,
+    /// Every open connection, for the management API and metrics.
+    registry: Arc<crate::registry::Registry>,
 }
 
 /// Why a connection is refused.
@@ -77,7 +79,13 @@ impl Limits {
             max_per_user,
             open: AtomicUsize::new(0),
             users: Mutex::new(HashMap::new()),
+            registry: crate::registry::Registry::new(),
         })
+    }
+
+    /// The registry of open connections, which every driver joins at accept.
+    pub fn registry(&self) -> &Arc<crate::registry::Registry> {
+        &self.registry
     }
 
     /// Admits one more connection if the limit allows; the slot is held

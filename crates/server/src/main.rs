@@ -1,12 +1,18 @@
 //! The `tributary` binary: `serve`, `config check` and `user` commands.
 
 mod amqp;
+mod ctl;
 mod http;
 mod limits;
+mod mgmt;
 mod mqtt;
 mod persistence;
+mod readbuf;
+mod registry;
 mod serve;
+mod tls;
 mod users;
+mod vhosts;
 mod xmpp;
 
 use anyhow::Context;
@@ -44,6 +50,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Operate a running broker through its HTTP API (exit codes: 0 ok,
+    /// 1 API error, 2 usage, 3 cannot connect).
+    Ctl(ctl::Ctl),
     /// Manage users in the shared user database.
     User {
         /// Data directory holding the user database.
@@ -52,6 +61,34 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage virtual hosts (kept with the users; a running broker follows).
+    Vhost {
+        /// Data directory holding the user database.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: VhostCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VhostCommand {
+    /// Create a virtual host (as `rabbitmqctl add_vhost`).
+    Add {
+        /// The vhost's name.
+        name: String,
+        /// Free text shown by listings.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a virtual host with all its queues, exchanges, messages and
+    /// permissions (as `rabbitmqctl delete_vhost`).
+    Delete {
+        /// The vhost's name.
+        name: String,
+    },
+    /// List virtual hosts.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +158,50 @@ enum UserCommand {
         #[arg(short = 'p', long = "vhost", default_value = "/")]
         vhost: String,
     },
+    /// Set a user's topic permissions on one topic exchange (as `rabbitmqctl
+    /// set_topic_permissions`): regular expressions over routing keys (MQTT
+    /// topics with `/` as `.`); `{username}`/`%u`, `{client_id}`/`%c` and
+    /// `{vhost}` are replaced by the connection's values.
+    #[command(name = "set_topic_permissions")]
+    SetTopicPermissions {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        /// Login name.
+        name: String,
+        /// The topic exchange (MQTT uses amq.topic).
+        exchange: String,
+        /// Routing keys the user may publish with.
+        write: String,
+        /// Routing keys the user may bind or subscribe with.
+        read: String,
+    },
+    /// Remove a user's topic permissions in a virtual host (one exchange's, or all).
+    #[command(name = "clear_topic_permissions")]
+    ClearTopicPermissions {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        /// Login name.
+        name: String,
+        /// Only this exchange's.
+        exchange: Option<String>,
+    },
+    /// List topic permissions in a virtual host.
+    #[command(name = "list_topic_permissions")]
+    ListTopicPermissions {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
+    /// Replace a user's tags (as `rabbitmqctl set_user_tags`); none clears them.
+    #[command(name = "set_user_tags")]
+    SetUserTags {
+        /// Login name.
+        name: String,
+        /// The tags (administrator, monitoring, policymaker, management, ...).
+        tags: Vec<String>,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -156,6 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve::serve(config, data_dir))
         }
+        Command::Ctl(args) => std::process::exit(ctl::run(args)),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => {
@@ -218,6 +300,73 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("user\ttags");
                     for u in admin.list()? {
                         println!("{}\t[{}]", u.name, u.tags.join(", "));
+                    }
+                }
+                UserCommand::SetTopicPermissions {
+                    vhost,
+                    name,
+                    exchange,
+                    write,
+                    read,
+                } => {
+                    println!(
+                        "Setting topic permissions on \"{exchange}\" for user \"{name}\" in vhost \"{vhost}\" ..."
+                    );
+                    admin.set_topic_permissions(
+                        &name,
+                        &vhost,
+                        users::TopicPermission {
+                            exchange,
+                            write,
+                            read,
+                        },
+                    )?;
+                }
+                UserCommand::ClearTopicPermissions {
+                    vhost,
+                    name,
+                    exchange,
+                } => {
+                    println!(
+                        "Clearing topic permissions for user \"{name}\" in vhost \"{vhost}\" ..."
+                    );
+                    admin.clear_topic_permissions(&name, &vhost, exchange.as_deref())?;
+                }
+                UserCommand::ListTopicPermissions { vhost } => {
+                    println!("user\texchange\twrite\tread");
+                    for u in admin.list()? {
+                        for p in u.topic_permissions.get(&vhost).into_iter().flatten() {
+                            println!("{}\t{}\t{}\t{}", u.name, p.exchange, p.write, p.read);
+                        }
+                    }
+                }
+                UserCommand::SetUserTags { name, tags } => {
+                    println!(
+                        "Setting tags for user \"{name}\" to [{}] ...",
+                        tags.join(", ")
+                    );
+                    admin.set_tags(&name, tags)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Vhost { data_dir, command } => {
+            let dir = data_dir.unwrap_or_else(config::default_data_dir);
+            let admin = users::UserAdmin::open(&dir)?;
+            admin.ensure_initialised(true)?;
+            match command {
+                VhostCommand::Add { name, description } => {
+                    println!("Adding vhost \"{name}\" ...");
+                    admin.add_vhost(&name, &description)?;
+                }
+                VhostCommand::Delete { name } => {
+                    println!("Deleting vhost \"{name}\" ...");
+                    admin.delete_vhost(&name)?;
+                }
+                VhostCommand::List => {
+                    println!("name\tdescription");
+                    for v in admin.list_vhosts()? {
+                        println!("{}\t{}", v.name, v.description);
                     }
                 }
             }

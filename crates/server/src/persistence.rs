@@ -17,6 +17,8 @@ const EXCHANGES: &str = "exchanges";
 const QUEUES: &str = "queues";
 const BINDINGS: &str = "bindings";
 const DELAYED: &str = "delayed";
+/// Vhost name → the incarnation id its stored definitions belong to.
+const VHOSTS: &str = "vhosts";
 const RETAINED: &str = "retained";
 
 /// `Persistence` over the segment log and its metadata tables.
@@ -31,6 +33,7 @@ fn table(kind: &str) -> &'static str {
         "queue" => QUEUES,
         "delayed" => DELAYED,
         "retained" => RETAINED,
+        "vhost" => VHOSTS,
         crate::mqtt::stored::TABLE => crate::mqtt::stored::TABLE,
         _ => BINDINGS,
     }
@@ -102,7 +105,17 @@ impl Persistence for StorePersistence {
 
 /// Opens the store in `dir`, builds the broker on it and restores everything
 /// durable: exchanges, queues, bindings, then each queue's messages in order.
-pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
+///
+/// `vhosts` are the virtual hosts the user database lists, with their
+/// incarnation ids: they are created before the definitions are restored,
+/// and definitions stored for any other vhost, or for an older incarnation
+/// of the same name (deleted while the broker was down, perhaps created
+/// again), are dropped with their messages.
+pub fn open(
+    dir: &Path,
+    memory_budget: usize,
+    vhosts: &[(String, u64)],
+) -> anyhow::Result<(Arc<Broker>, Arc<Store>)> {
     // Payloads are read back one by one below, so recovery needs memory for the
     // index and the memory budget only, not for the whole log.
     let options = StoreOptions {
@@ -137,16 +150,50 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
         store: store.clone(),
         next_queue_id: AtomicU64::new(next_queue_id),
     });
-    let broker = Broker::new(Some(persistence), memory_budget);
+    let broker = Broker::new(Some(persistence.clone()), memory_budget);
+    let stored_ids: HashMap<String, u64> = store
+        .meta_list(VHOSTS)
+        .context("cannot read stored vhosts")?
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, u64::from_le_bytes(v.as_slice().try_into().ok()?))))
+        .collect();
+    // The default vhost always exists; it is dropped here (and created again
+    // below) only when it is an older incarnation.
+    let mut later = Vec::new();
+    for (name, id) in vhosts {
+        if stored_ids.get(name).is_some_and(|stored| stored != id) {
+            later.push((name, *id));
+            if name == "/" {
+                broker.delete_vhost(name);
+            }
+            continue;
+        }
+        broker.add_vhost(name).set_incarnation(*id);
+    }
+    if !vhosts.iter().any(|(n, _)| n == "/") {
+        broker.delete_vhost("/");
+    }
+    let gone = |table: &str, vhost: &str, key: &str| {
+        tracing::info!(table, vhost, "dropping a definition of a deleted vhost");
+        if let Err(e) = store.meta_delete(table, key) {
+            tracing::error!(error = %e, table, "cannot delete a stored definition");
+        }
+    };
     for def in decode_all(&store, EXCHANGES, ExchangeDef::decode)? {
-        if let Some(v) = broker.vhost(&def.vhost) {
-            v.restore_exchange(def);
+        match broker.vhost(&def.vhost) {
+            Some(v) => v.restore_exchange(def),
+            None => gone(
+                EXCHANGES,
+                &def.vhost,
+                &ExchangeDef::key(&def.vhost, &def.name),
+            ),
         }
     }
     let Recovery { mut queues, .. } = recovery;
     let mut restored = 0usize;
     for def in queue_defs {
         let Some(v) = broker.vhost(&def.vhost) else {
+            gone(QUEUES, &def.vhost, &QueueDef::key(&def.vhost, &def.name));
             continue;
         };
         let id = def.id;
@@ -165,9 +212,11 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
         }));
     }
     for def in decode_all(&store, BINDINGS, BindingDef::decode)? {
-        if let Some(v) = broker.vhost(&def.vhost)
-            && !v.restore_binding(def.clone())
-        {
+        let Some(v) = broker.vhost(&def.vhost) else {
+            gone(BINDINGS, &def.vhost, &def.key());
+            continue;
+        };
+        if !v.restore_binding(def.clone()) {
             tracing::warn!(source = %def.source, destination = %def.destination, "dropping a stored binding whose ends are gone");
         }
     }
@@ -177,6 +226,9 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
     {
         let (Some(v), Ok(bytes)) = (broker.vhost(&vhost), <[u8; 8]>::try_from(id.as_slice()))
         else {
+            if broker.vhost(&vhost).is_none() {
+                gone(DELAYED, &vhost, &vhost);
+            }
             continue;
         };
         let id = u64::from_le_bytes(bytes);
@@ -195,6 +247,19 @@ pub fn open(dir: &Path, memory_budget: usize) -> anyhow::Result<(Arc<Broker>, Ar
     }
     for orphan in queues.keys() {
         store.append_queue_deleted(*orphan);
+    }
+    for (name, id) in later {
+        broker.add_vhost(name).set_incarnation(id);
+    }
+    for name in stored_ids.keys() {
+        if !vhosts.iter().any(|(n, _)| n == name)
+            && let Err(e) = store.meta_delete(VHOSTS, name)
+        {
+            tracing::error!(error = %e, "cannot delete a stored vhost");
+        }
+    }
+    for (name, id) in vhosts {
+        persistence.put_definition("vhost", name, &id.to_le_bytes());
     }
     tracing::info!(messages = restored, "recovered durable state");
     Ok((broker, store))

@@ -25,13 +25,20 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     // Install the handlers before anything is announced, so a signal sent as
     // soon as the listening line appears is never lost to the default action.
     let signals = Signals::install()?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let admin = UserAdmin::open(&data_dir)?;
     admin.ensure_initialised(config.auth.create_guest)?;
     let users = Arc::new(UserDb::open(&data_dir, config.auth.loopback_users.clone())?);
-    let (broker, store) =
-        crate::persistence::open(&data_dir.join("store"), config.store.memory_budget)?;
+    let vhost_names: Vec<(String, u64)> =
+        users.vhosts().into_iter().map(|v| (v.name, v.id)).collect();
+    let (broker, store) = crate::persistence::open(
+        &data_dir.join("store"),
+        config.store.memory_budget,
+        &vhost_names,
+    )?;
     let shutdown = CancellationToken::new();
     let (flow_tx, flow_rx) = tokio::sync::watch::channel(false);
     let tracker = TaskTracker::new();
@@ -48,32 +55,34 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         "limits (0 = none)"
     );
 
+    let auth_failure_delay = Duration::from_millis(config.auth.failure_delay_ms);
+    let amqp = Arc::new(AmqpContext {
+        flow: flow_rx.clone(),
+        watermark: config.flow.watermark(),
+        broker: broker.clone(),
+        users: users.clone(),
+        config: ConnectionConfig {
+            channel_max: config.amqp.channel_max,
+            frame_max: config.amqp.frame_max,
+            heartbeat: config.amqp.heartbeat,
+            handshake_timeout: Duration::from_secs(config.amqp.handshake_timeout),
+            max_message_size: config.amqp.max_message_size,
+            ..ConnectionConfig::default()
+        },
+        shutdown: shutdown.clone(),
+        limits: limits.clone(),
+        max_buffered_bytes: config.limits.max_buffered_bytes,
+        auth_failure_delay,
+    });
     if let Some(addr) = config.amqp_addr() {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for AMQP on {addr} (listeners.amqp)"))?;
         let local = listener.local_addr()?;
         tracing::info!("listening protocol=amqp addr={local}");
-        let ctx = Arc::new(AmqpContext {
-            flow: flow_rx.clone(),
-            watermark: config.flow.watermark(),
-            broker: broker.clone(),
-            users: users.clone(),
-            config: ConnectionConfig {
-                channel_max: config.amqp.channel_max,
-                frame_max: config.amqp.frame_max,
-                heartbeat: config.amqp.heartbeat,
-                handshake_timeout: Duration::from_secs(config.amqp.handshake_timeout),
-                max_message_size: config.amqp.max_message_size,
-                ..ConnectionConfig::default()
-            },
-            shutdown: shutdown.clone(),
-            limits: limits.clone(),
-            max_buffered_bytes: config.limits.max_buffered_bytes,
-        });
         tracker.spawn(accept_loop(
             listener,
-            ctx,
+            amqp.clone(),
             tracker.clone(),
             shutdown.clone(),
         ));
@@ -92,9 +101,12 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             &store,
         )),
         max_keep_alive: config.mqtt.max_keep_alive,
+        default_vhost: config.mqtt.vhost.clone(),
         limits: limits.clone(),
         connect_timeout: Duration::from_secs(config.limits.mqtt_connect_timeout),
         max_buffered_bytes: config.limits.max_buffered_bytes,
+        ssl_cert_login: config.mqtt.ssl_cert_login,
+        auth_failure_delay,
     });
     if let Some(addr) = config.mqtt_addr() {
         let listener = TcpListener::bind(addr)
@@ -110,7 +122,8 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
 
     tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
     // One certificate for the TLS listeners: [tls], or one generated for the XMPP domain.
-    let tls = crate::xmpp::tls::TlsSetup::load_or_generate(
+    let tls = crate::tls::TlsSetup::load_or_generate(
+        &config.tls,
         &config.tls.certificate,
         &config.tls.key,
         &config.xmpp.domain,
@@ -121,16 +134,19 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             format!("cannot listen for MQTT over TLS on {addr} (listeners.mqtts)")
         })?;
         tracing::info!("listening protocol=mqtts addr={}", listener.local_addr()?);
-        let (ctx, acceptor) = (mqtt.clone(), tls.acceptor.clone());
+        let (ctx, tls) = (mqtt.clone(), tls.clone());
         spawn_accept(listener, &tracker, &shutdown, move |stream, peer| {
-            let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
-            async move {
-                let _ = stream.set_nodelay(true);
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => crate::mqtt::driver::serve(stream, peer, ctx).await,
-                    _ => tracing::debug!(%peer, "MQTT TLS handshake failed"),
-                }
-            }
+            crate::mqtt::driver::run_tls(stream, peer, ctx.clone(), tls.clone())
+        });
+    }
+    if let Some(addr) = config.amqps_addr() {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for AMQP over TLS on {addr} (listeners.amqps)")
+        })?;
+        tracing::info!("listening protocol=amqps addr={}", listener.local_addr()?);
+        let (ctx, tls) = (amqp.clone(), tls.clone());
+        spawn_accept(listener, &tracker, &shutdown, move |stream, peer| {
+            driver::run_tls(stream, peer, ctx.clone(), tls.clone())
         });
     }
     let services = Services {
@@ -141,23 +157,76 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         limits: &limits,
     };
     let xmpp = start_xmpp(&config, &data_dir, &services, &shutdown, &tracker).await?;
+    let mut certificates = vec![tls.clone()];
+    if let Some(own) = xmpp.as_ref().and_then(|x| x.tls.clone())
+        && !own.same_as(&tls)
+    {
+        certificates.push(own);
+    }
+    tracker.spawn(reload_on_hangup(hangup, certificates, shutdown.clone()));
     // Once the broker's own queues (the XMPP bridge's) exist, whatever the limit (they count).
     for vhost in broker.vhosts() {
         vhost.set_max_queues(config.limits.max_queues_per_vhost);
     }
 
+    // HTTP and HTTPS serve the same routes (one management state).
+    let mut http_listeners = Vec::new();
     if let Some(http) = config.http_addr() {
         let listener = TcpListener::bind(http)
             .await
             .with_context(|| format!("cannot listen for HTTP on {http} (listeners.http)"))?;
         tracing::info!("listening protocol=http addr={}", listener.local_addr()?);
+        http_listeners.push((listener, None));
+    }
+    if let Some(https) = config.https_addr() {
+        let listener = TcpListener::bind(https)
+            .await
+            .with_context(|| format!("cannot listen for HTTPS on {https} (listeners.https)"))?;
+        tracing::info!("listening protocol=https addr={}", listener.local_addr()?);
+        http_listeners.push((listener, Some(tls.clone())));
+    }
+    if let Some((first, first_tls)) = http_listeners.first() {
+        let local = first.local_addr()?;
+        if let Some(up) = xmpp.as_ref().and_then(|x| x.upload()) {
+            up.set_listener(local, first_tls.is_some());
+        }
+        let mgmt = crate::mgmt::MgmtState::new(crate::mgmt::Services {
+            broker: broker.clone(),
+            users: users.clone(),
+            admin: UserAdmin::open(&data_dir)?,
+            registry: limits.registry().clone(),
+            mqtt: mqtt.clone(),
+            store: store.clone(),
+            config: config.clone(),
+        });
         let state = crate::http::HttpState {
             mqtt: mqtt.clone(),
             xmpp: xmpp.clone(),
+            local,
+            mgmt,
         };
-        tracker.spawn(crate::http::serve(listener, state, shutdown.clone()));
+        for (listener, tls) in http_listeners {
+            let state = crate::http::HttpState {
+                local: listener.local_addr()?,
+                ..state.clone()
+            };
+            match tls {
+                None => tracker.spawn(crate::http::serve(listener, state, shutdown.clone())),
+                Some(tls) => {
+                    let listener = crate::tls::TlsListener::spawn(listener, tls, shutdown.clone())?;
+                    tracker.spawn(crate::http::serve_tls(listener, state, shutdown.clone()))
+                }
+            };
+        }
     }
 
+    tracker.spawn(crate::vhosts::follow(
+        broker.clone(),
+        users.clone(),
+        limits.registry().clone(),
+        config.limits.max_queues_per_vhost,
+        shutdown.clone(),
+    ));
     tracker.spawn(sweep(
         broker.clone(),
         flow_tx,
@@ -235,6 +304,32 @@ async fn accept_loop(
     }
 }
 
+/// Reloads the TLS certificates on SIGHUP: new handshakes use the new ones,
+/// established connections keep theirs; a bad file leaves the old one in force.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    certificates: Vec<crate::tls::TlsSetup>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hangup.recv() => {
+                if r.is_none() {
+                    return;
+                }
+                for tls in &certificates {
+                    let certificate = tls.certificate_path().display();
+                    match tls.reload() {
+                        Ok(()) => tracing::info!(%certificate, "TLS certificate reloaded"),
+                        Err(e) => tracing::error!(%certificate, error = format!("{e:#}"), "TLS certificate reload failed; the current certificate stays in use"),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// SIGTERM and SIGINT, registered once at start-up.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -292,7 +387,7 @@ struct Services<'a> {
     users: &'a Arc<UserDb>,
     broker: &'a Arc<tributary_core::Broker>,
     store: &'a Arc<tributary_store::Store>,
-    tls: &'a crate::xmpp::tls::TlsSetup,
+    tls: &'a crate::tls::TlsSetup,
     limits: &'a Arc<Limits>,
 }
 
@@ -320,7 +415,8 @@ async fn start_xmpp(
     let tls = if config.xmpp.certificate.is_empty() {
         tls.clone()
     } else {
-        crate::xmpp::tls::TlsSetup::load_or_generate(
+        crate::tls::TlsSetup::load_or_generate(
+            &config.tls,
             &config.xmpp.certificate,
             &config.xmpp.key,
             &config.xmpp.domain,
@@ -335,6 +431,7 @@ async fn start_xmpp(
             stanza_rate: config.limits.xmpp_stanza_rate,
             stanza_burst: config.limits.xmpp_stanza_burst,
             max_buffered_bytes: config.limits.max_buffered_bytes,
+            auth_failure_delay: Duration::from_millis(config.auth.failure_delay_ms),
         },
         users.clone(),
         store.clone(),
@@ -343,10 +440,18 @@ async fn start_xmpp(
         shutdown.clone(),
     )?);
     if config.xmpp.bridge {
+        let vhost =
+            crate::vhosts::resolve(broker, users, &config.xmpp.vhost).with_context(|| {
+                format!(
+                    "xmpp.vhost '{}' does not exist: create it with `tributary vhost add`",
+                    config.xmpp.vhost
+                )
+            })?;
         let (bridge, rx) = crate::xmpp::bridge::Bridge::start(
             broker.clone(),
             store.clone(),
             users.clone(),
+            vhost,
             &config.xmpp.domain,
             &config.xmpp.bridge_exchange,
         )?;

@@ -46,6 +46,70 @@ pub struct User {
     /// Permissions by virtual host, as RabbitMQ's `set_permissions`.
     #[serde(default)]
     pub permissions: BTreeMap<String, Permission>,
+    /// Topic permissions by virtual host, as RabbitMQ's
+    /// `set_topic_permissions`: routing-key patterns per topic exchange.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_permissions: BTreeMap<String, Vec<TopicPermission>>,
+}
+
+/// What routing keys a user may publish with and bind (MQTT: subscribe)
+/// with on one topic exchange of a vhost. Patterns are regular expressions
+/// over the AMQP routing key (MQTT topics are checked in that form, `/`
+/// becoming `.`), with `{username}`, `{vhost}` and `{client_id}` (or
+/// Mosquitto's `%u` and `%c`) replaced by the connection's values. An empty
+/// pattern matches nothing. With no topic permission for an exchange,
+/// every routing key is allowed, as in RabbitMQ.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicPermission {
+    /// The topic exchange (MQTT uses `amq.topic`).
+    pub exchange: String,
+    /// Routing keys the user may publish with.
+    pub write: String,
+    /// Routing keys the user may bind or subscribe with.
+    pub read: String,
+}
+
+/// The values substituted into topic permission patterns.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicContext<'a> {
+    /// The login name.
+    pub username: &'a str,
+    /// The vhost.
+    pub vhost: &'a str,
+    /// The MQTT client id ("" for AMQP).
+    pub client_id: &'a str,
+}
+
+/// One virtual host as `users.json` records it (RabbitMQ keeps vhosts
+/// with users and permissions, so do we: the CLI edits them all in one
+/// file that the running broker watches).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VhostRecord {
+    /// The vhost's name.
+    pub name: String,
+    /// Free text shown by listings.
+    #[serde(default)]
+    pub description: String,
+    /// Free-form tags, as RabbitMQ's vhost tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Which incarnation of the name this is (creation time in
+    /// nanoseconds; 0 for `/` and vhosts of older files): a vhost deleted
+    /// and created again between two looks of the broker is still emptied.
+    #[serde(default)]
+    pub id: u64,
+}
+
+impl VhostRecord {
+    /// A vhost with no description or tags.
+    pub fn named(name: &str) -> Self {
+        VhostRecord {
+            name: name.into(),
+            description: String::new(),
+            tags: Vec::new(),
+            id: 0,
+        }
+    }
 }
 
 /// What a user may do in one virtual host: three regular expressions over
@@ -139,6 +203,7 @@ fn new_user(name: &str, password: &str, tags: Vec<String>) -> Result<User, UserE
         scram_sha1: None,
         scram_sha256: None,
         permissions: BTreeMap::new(),
+        topic_permissions: BTreeMap::new(),
     };
     set_scram(&mut user, password)?;
     Ok(user)
@@ -159,6 +224,8 @@ fn set_scram(user: &mut User, password: &str) -> Result<(), UserError> {
 struct UserFile {
     format_version: u32,
     users: Vec<User>,
+    #[serde(default)]
+    vhosts: Vec<VhostRecord>,
 }
 
 /// Why a user operation failed.
@@ -192,6 +259,15 @@ pub enum UserError {
     /// A permission is not a valid regular expression.
     #[error("invalid permission pattern: {0}")]
     BadPattern(String),
+    /// `vhost add` for an existing vhost.
+    #[error("vhost '{0}' already exists")]
+    VhostExists(String),
+    /// The named vhost does not exist.
+    #[error("vhost '{0}' does not exist")]
+    NoVhost(String),
+    /// A vhost name that cannot be used.
+    #[error("invalid vhost name '{0}'")]
+    BadVhost(String),
 }
 
 /// Why a login was refused (the detail is logged, never sent to the client).
@@ -219,11 +295,45 @@ pub struct UserDb {
 
 #[derive(Default)]
 struct Loaded {
-    modified: Option<SystemTime>,
+    /// The file's modification time and inode when it was read: every
+    /// edit renames a new file into place, so the inode tells two edits
+    /// apart even within one tick of a coarse filesystem clock.
+    modified: Option<(SystemTime, u64)>,
     users: HashMap<String, User>,
+    vhosts: Vec<VhostRecord>,
     verified: HashMap<(String, String), Instant>,
     /// Compiled permission patterns by their text (None: invalid, matches nothing).
     patterns: HashMap<String, Option<regex::Regex>>,
+}
+
+/// Replaces the variables of a topic permission pattern with the
+/// connection's values, escaped so they match only themselves.
+pub fn expand_topic_pattern(pattern: &str, context: &TopicContext<'_>) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        let (value, len) = if rest.starts_with("{username}") {
+            (Some(context.username), "{username}".len())
+        } else if rest.starts_with("{vhost}") {
+            (Some(context.vhost), "{vhost}".len())
+        } else if rest.starts_with("{client_id}") {
+            (Some(context.client_id), "{client_id}".len())
+        } else if rest.starts_with("%u") {
+            (Some(context.username), 2)
+        } else if rest.starts_with("%c") {
+            (Some(context.client_id), 2)
+        } else {
+            let ch = rest.chars().next().map_or(1, char::len_utf8);
+            out.push_str(&rest[..ch]);
+            rest = &rest[ch..];
+            continue;
+        };
+        if let Some(v) = value {
+            out.push_str(&regex::escape(v));
+        }
+        rest = &rest[len..];
+    }
+    out
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UserError + '_ {
@@ -242,8 +352,8 @@ pub fn hash_password(password: &str) -> Result<String, UserError> {
         .map_err(|e| UserError::Hash(e.to_string()))
 }
 
-/// The current `users.json` format: 2 added permissions.
-const FORMAT_VERSION: u32 = 2;
+/// The current `users.json` format: 2 added permissions, 3 the vhost list.
+const FORMAT_VERSION: u32 = 3;
 
 fn read_file(path: &Path) -> Result<UserFile, UserError> {
     match std::fs::read(path) {
@@ -259,6 +369,10 @@ fn read_file(path: &Path) -> Result<UserFile, UserError> {
                     user.permissions
                         .insert(DEFAULT_VHOST.to_string(), Permission::all());
                 }
+            }
+            if file.format_version < 3 {
+                // Before the vhost list only `/` existed.
+                file.vhosts = vec![VhostRecord::named(DEFAULT_VHOST)];
             }
             Ok(file)
         }
@@ -304,6 +418,7 @@ impl UserAdmin {
         let mut file = UserFile {
             format_version: FORMAT_VERSION,
             users: Vec::new(),
+            vhosts: vec![VhostRecord::named(DEFAULT_VHOST)],
         };
         if create_guest {
             let mut guest = new_user("guest", "guest", vec!["administrator".into()])?;
@@ -319,10 +434,140 @@ impl UserAdmin {
         &self,
         f: impl FnOnce(&mut Vec<User>) -> Result<(), UserError>,
     ) -> Result<(), UserError> {
+        self.edit_file(|file| f(&mut file.users))
+    }
+
+    fn edit_file(
+        &self,
+        f: impl FnOnce(&mut UserFile) -> Result<(), UserError>,
+    ) -> Result<(), UserError> {
         let mut file = read_file(&self.path)?;
         file.format_version = FORMAT_VERSION;
-        f(&mut file.users)?;
+        f(&mut file)?;
         write_file(&self.path, &file)
+    }
+
+    /// Creates a virtual host (`rabbitmqctl add_vhost`); the running
+    /// broker creates it within a fraction of a second.
+    pub fn add_vhost(&self, name: &str, description: &str) -> Result<(), UserError> {
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(UserError::BadVhost(name.into()));
+        }
+        self.edit_file(|file| {
+            if file.vhosts.iter().any(|v| v.name == name) {
+                return Err(UserError::VhostExists(name.into()));
+            }
+            let mut record = VhostRecord::named(name);
+            record.description = description.into();
+            record.id = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .max(1);
+            file.vhosts.push(record);
+            Ok(())
+        })
+    }
+
+    /// Deletes a virtual host and every user's permissions in it
+    /// (`rabbitmqctl delete_vhost`); the running broker then deletes its
+    /// queues, exchanges and messages and closes its connections.
+    pub fn delete_vhost(&self, name: &str) -> Result<(), UserError> {
+        self.edit_file(|file| {
+            let before = file.vhosts.len();
+            file.vhosts.retain(|v| v.name != name);
+            if file.vhosts.len() == before {
+                return Err(UserError::NoVhost(name.into()));
+            }
+            for user in &mut file.users {
+                user.permissions.remove(name);
+                user.topic_permissions.remove(name);
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces a user's tags (`rabbitmqctl set_user_tags`).
+    pub fn set_tags(&self, name: &str, tags: Vec<String>) -> Result<(), UserError> {
+        self.edit(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::Missing(name.into()))?;
+            user.tags = tags;
+            Ok(())
+        })
+    }
+
+    /// Lists virtual hosts.
+    pub fn list_vhosts(&self) -> Result<Vec<VhostRecord>, UserError> {
+        Ok(read_file(&self.path)?.vhosts)
+    }
+
+    /// Sets a user's topic permissions for one exchange of a vhost
+    /// (`rabbitmqctl set_topic_permissions`).
+    pub fn set_topic_permissions(
+        &self,
+        name: &str,
+        vhost: &str,
+        permission: TopicPermission,
+    ) -> Result<(), UserError> {
+        for (what, re) in [("write", &permission.write), ("read", &permission.read)] {
+            let probe = expand_topic_pattern(
+                re,
+                &TopicContext {
+                    username: "u",
+                    vhost: "v",
+                    client_id: "c",
+                },
+            );
+            if let Err(e) = regex::Regex::new(&probe) {
+                return Err(UserError::BadPattern(format!("{what} `{re}`: {e}")));
+            }
+        }
+        self.edit_file(|file| {
+            if !file.vhosts.iter().any(|v| v.name == vhost) {
+                return Err(UserError::NoVhost(vhost.into()));
+            }
+            let user = file
+                .users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let list = user.topic_permissions.entry(vhost.to_string()).or_default();
+            list.retain(|p| p.exchange != permission.exchange);
+            list.push(permission);
+            Ok(())
+        })
+    }
+
+    /// Removes a user's topic permissions in a vhost: for one exchange, or
+    /// all of them.
+    pub fn clear_topic_permissions(
+        &self,
+        name: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<(), UserError> {
+        self.edit(|users| {
+            let user = users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::Missing(name.into()))?;
+            match exchange {
+                None => {
+                    user.topic_permissions.remove(vhost);
+                }
+                Some(x) => {
+                    if let Some(list) = user.topic_permissions.get_mut(vhost) {
+                        list.retain(|p| p.exchange != x);
+                        if list.is_empty() {
+                            user.topic_permissions.remove(vhost);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Adds a user.
@@ -381,8 +626,12 @@ impl UserAdmin {
                 return Err(UserError::BadPattern(format!("{what} `{re}`: {e}")));
             }
         }
-        self.edit(|users| {
-            let user = users
+        self.edit_file(|file| {
+            if !file.vhosts.iter().any(|v| v.name == vhost) {
+                return Err(UserError::NoVhost(vhost.into()));
+            }
+            let user = file
+                .users
                 .iter_mut()
                 .find(|u| u.name == name)
                 .ok_or_else(|| UserError::Missing(name.into()))?;
@@ -407,6 +656,35 @@ impl UserAdmin {
     pub fn list(&self) -> Result<Vec<User>, UserError> {
         Ok(read_file(&self.path)?.users)
     }
+
+    /// Creates or updates a user from a stored hash (the management API's
+    /// `password_hash`, definitions import): an Argon2id PHC string, or a
+    /// [`RABBIT_SHA256`]/[`RABBIT_SHA512`]-prefixed RabbitMQ hash. The
+    /// user's permissions are kept; SCRAM keys are added at its next PLAIN
+    /// login.
+    pub fn put_hashed(&self, name: &str, hash: &str, tags: Vec<String>) -> Result<(), UserError> {
+        self.edit(|users| {
+            if let Some(user) = users.iter_mut().find(|u| u.name == name) {
+                if user.password_hash != hash {
+                    user.password_hash = hash.to_string();
+                    user.scram_sha1 = None;
+                    user.scram_sha256 = None;
+                }
+                user.tags = tags;
+                return Ok(());
+            }
+            users.push(User {
+                name: name.into(),
+                password_hash: hash.into(),
+                tags,
+                scram_sha1: None,
+                scram_sha256: None,
+                permissions: BTreeMap::new(),
+                topic_permissions: BTreeMap::new(),
+            });
+            Ok(())
+        })
+    }
 }
 
 impl UserDb {
@@ -426,7 +704,7 @@ impl UserDb {
 
     fn reload_if_changed(&self) -> Result<(), UserError> {
         let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
+            .and_then(|m| Ok((m.modified()?, std::os::unix::fs::MetadataExt::ino(&m))))
             .ok();
         let mut st = self.state.lock();
         if modified.is_some() && st.modified == modified {
@@ -438,6 +716,7 @@ impl UserDb {
             .into_iter()
             .map(|u| (u.name.clone(), u))
             .collect();
+        st.vhosts = file.vhosts;
         st.modified = modified;
         st.verified.clear();
         st.patterns.clear();
@@ -468,6 +747,65 @@ impl UserDb {
             tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
         }
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// The virtual hosts `users.json` lists (the broker creates and deletes
+    /// its vhosts to match).
+    pub fn vhosts(&self) -> Vec<VhostRecord> {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        self.state.lock().vhosts.clone()
+    }
+
+    /// Whether `name` has any topic permission in `vhost`: when not, every
+    /// routing key is allowed and the publish paths skip the per-message
+    /// check (callers cache the answer per [`UserDb::generation`]).
+    pub fn has_topic_permissions(&self, name: &str, vhost: &str) -> bool {
+        self.state
+            .lock()
+            .users
+            .get(name)
+            .is_some_and(|u| u.topic_permissions.contains_key(vhost))
+    }
+
+    /// Whether `name` may publish (`Access::Write`) or bind and subscribe
+    /// (`Access::Read`) with `routing_key` on the topic exchange `exchange`
+    /// of `vhost`, by the user's topic permissions (true when none apply).
+    pub fn check_topic(
+        &self,
+        name: &str,
+        exchange: &str,
+        access: Access,
+        routing_key: &str,
+        context: &TopicContext<'_>,
+    ) -> bool {
+        if let Err(e) = self.reload_if_changed() {
+            tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
+        }
+        let mut st = self.state.lock();
+        let Some(permission) = st
+            .users
+            .get(name)
+            .and_then(|u| u.topic_permissions.get(context.vhost))
+            .and_then(|list| list.iter().find(|p| p.exchange == exchange))
+        else {
+            return true;
+        };
+        let pattern = match access {
+            Access::Write => &permission.write,
+            Access::Read => &permission.read,
+            Access::Configure => return true,
+        };
+        if pattern.is_empty() {
+            return false;
+        }
+        let pattern = expand_topic_pattern(pattern, context);
+        let compiled = st
+            .patterns
+            .entry(pattern.clone())
+            .or_insert_with(|| regex::Regex::new(&pattern).ok());
+        compiled.as_ref().is_some_and(|re| re.is_match(routing_key))
     }
 
     /// Whether `name` may use virtual host `vhost` at all (has permissions there).
@@ -536,11 +874,9 @@ impl UserDb {
             st.verified.remove(&key);
             user
         };
-        let parsed =
-            PasswordHash::new(&user.password_hash).map_err(|_| AuthError::InvalidCredentials)?;
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .map_err(|_| AuthError::InvalidCredentials)?;
+        if !verify_password(&user.password_hash, password) {
+            return Err(AuthError::InvalidCredentials);
+        }
         let mut st = self.state.lock();
         if st.verified.len() > 10_000 {
             st.verified.clear();
@@ -618,9 +954,68 @@ impl UserDb {
     }
 }
 
+/// Prefix of a stored RabbitMQ `rabbit_password_hashing_sha256` hash
+/// (imported definitions): base64 of a 4-byte salt and SHA-256(salt ‖ password).
+pub const RABBIT_SHA256: &str = "$rabbitmq-sha256$";
+/// Prefix of a stored RabbitMQ `rabbit_password_hashing_sha512` hash.
+pub const RABBIT_SHA512: &str = "$rabbitmq-sha512$";
+
+/// Checks a password against a stored hash: Argon2id, or a hash imported
+/// from RabbitMQ, verified RabbitMQ's way (the salt is the decoded hash's
+/// first 4 bytes; the rest must equal the digest of salt ‖ password).
+pub fn verify_password(stored: &str, password: &str) -> bool {
+    use sha2::Digest;
+    let rabbit = |b64: &str, digest: &dyn Fn(&[u8]) -> Vec<u8>| {
+        let Ok(raw) = B64.decode(b64) else {
+            return false;
+        };
+        if raw.len() <= 4 {
+            return false;
+        }
+        let (salt, expected) = raw.split_at(4);
+        let mut input = salt.to_vec();
+        input.extend_from_slice(password.as_bytes());
+        let got = digest(&input);
+        got.len() == expected.len()
+            && got
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    };
+    if let Some(b64) = stored.strip_prefix(RABBIT_SHA256) {
+        return rabbit(b64, &|d| sha2::Sha256::digest(d).to_vec());
+    }
+    if let Some(b64) = stored.strip_prefix(RABBIT_SHA512) {
+        return rabbit(b64, &|d| sha2::Sha512::digest(d).to_vec());
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rabbitmq_sha256_hashes_verify() {
+        // RabbitMQ's documented example: salt 908D C60A, password "test12".
+        use sha2::Digest;
+        let salt = [0x90u8, 0x8d, 0xc6, 0x0a];
+        let mut input = salt.to_vec();
+        input.extend_from_slice(b"test12");
+        let mut raw = salt.to_vec();
+        raw.extend_from_slice(&sha2::Sha256::digest(&input));
+        let stored = format!("{RABBIT_SHA256}{}", B64.encode(&raw));
+        assert!(verify_password(&stored, "test12"));
+        assert!(!verify_password(&stored, "test13"));
+        assert!(!verify_password("$rabbitmq-sha256$AAAA", "x"));
+        assert!(verify_password(&hash_password("pw").unwrap(), "pw"));
+    }
 
     #[test]
     fn guest_is_loopback_only_and_hashed() {
@@ -646,6 +1041,87 @@ mod tests {
             db.authenticate("ghost", "guest", lo),
             Err(AuthError::InvalidCredentials)
         );
+    }
+
+    #[test]
+    fn vhosts_are_listed_and_deleting_one_drops_its_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = UserAdmin::open(dir.path()).unwrap();
+        admin.ensure_initialised(true).unwrap();
+        assert!(matches!(
+            admin.set_permissions("guest", "t1", Permission::all()),
+            Err(UserError::NoVhost(_))
+        ));
+        admin.add_vhost("t1", "tenant").unwrap();
+        assert!(matches!(
+            admin.add_vhost("t1", ""),
+            Err(UserError::VhostExists(_))
+        ));
+        assert!(matches!(
+            admin.add_vhost("", ""),
+            Err(UserError::BadVhost(_))
+        ));
+        admin
+            .set_permissions("guest", "t1", Permission::all())
+            .unwrap();
+        let db = UserDb::open(dir.path(), vec![]).unwrap();
+        let names: Vec<String> = db.vhosts().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["/", "t1"]);
+        assert!(db.vhost_access("guest", "t1"));
+        let first = db.vhosts()[1].id;
+        admin.delete_vhost("t1").unwrap();
+        assert!(!db.vhost_access("guest", "t1"));
+        assert_eq!(db.vhosts().len(), 1);
+        admin.add_vhost("t1", "").unwrap();
+        assert_ne!(db.vhosts()[1].id, first, "a new incarnation");
+        assert!(matches!(
+            admin.delete_vhost("nope"),
+            Err(UserError::NoVhost(_))
+        ));
+    }
+
+    #[test]
+    fn topic_patterns_substitute_escaped_values() {
+        let ctx = TopicContext {
+            username: "a.b",
+            vhost: "v",
+            client_id: "c+1",
+        };
+        assert_eq!(
+            expand_topic_pattern(r"^x\.%u\.{client_id}$|{vhost}|%c|{other}", &ctx),
+            r"^x\.a\.b\.c\+1$|v|c\+1|{other}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let admin = UserAdmin::open(dir.path()).unwrap();
+        admin.ensure_initialised(true).unwrap();
+        let topic = |write: &str, read: &str| TopicPermission {
+            exchange: "amq.topic".into(),
+            write: write.into(),
+            read: read.into(),
+        };
+        admin
+            .set_topic_permissions("guest", "/", topic(r"^d\.%u\.", ""))
+            .unwrap();
+        assert!(matches!(
+            admin.set_topic_permissions("guest", "/", topic("(", "")),
+            Err(UserError::BadPattern(_))
+        ));
+        let db = UserDb::open(dir.path(), vec![]).unwrap();
+        let ctx = TopicContext {
+            username: "guest",
+            vhost: "/",
+            client_id: "c",
+        };
+        assert!(db.check_topic("guest", "amq.topic", Access::Write, "d.guest.t", &ctx));
+        assert!(!db.check_topic("guest", "amq.topic", Access::Write, "d.bob.t", &ctx));
+        assert!(!db.check_topic("guest", "amq.topic", Access::Read, "d.guest.t", &ctx));
+        assert!(db.check_topic("guest", "other", Access::Write, "anything", &ctx));
+        assert!(db.has_topic_permissions("guest", "/"));
+        admin
+            .clear_topic_permissions("guest", "/", Some("amq.topic"))
+            .unwrap();
+        assert!(db.check_topic("guest", "amq.topic", Access::Read, "x", &ctx));
+        assert!(!db.has_topic_permissions("guest", "/"));
     }
 
     #[test]

@@ -218,6 +218,11 @@ impl StreamParser {
                             "element larger than {max} bytes"
                         )));
                     }
+                    // The input ran dry: give rxml's working buffers back
+                    // (it reserves max_stanza_bytes for each at the next
+                    // token) so that a connection waiting for input holds
+                    // only the token it is in the middle of.
+                    self.raw.release_temporaries();
                     return Ok((pos, None));
                 }
                 Err(EndOrError::Error(e)) => return Err(map_error(e, &self.doc_start)),

@@ -56,3 +56,33 @@ pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 /// Presence subscription pre-approval stream feature (RFC 6121 §3.4).
 pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
+/// Publish-subscribe (XEP-0060).
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+/// Publish-subscribe owner use cases (XEP-0060 §8).
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+/// Publish-subscribe event notifications (XEP-0060 §7.1.2).
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+/// Publish-subscribe application-specific error conditions (XEP-0060 §7).
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+/// Data forms (XEP-0004).
+pub const DATA_FORMS: &str = "jabber:x:data";
+/// HTTP File Upload (XEP-0363).
+pub const HTTP_UPLOAD: &str = "urn:xmpp:http:upload:0";
+/// Multi-User Chat (XEP-0045): the join element.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+/// Multi-User Chat: occupant use cases (`<x/>` in presence and messages).
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// Multi-User Chat: moderator and admin use cases.
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+/// Multi-User Chat: owner use cases (configuration, destruction).
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// Multi-User Chat: the room configuration form type.
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+/// MUC self-ping server optimization (XEP-0410 §3.3).
+pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// Message Archive Management (XEP-0313).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// Result Set Management (XEP-0059).
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// Unique and stable stanza ids (XEP-0359).
+pub const SID: &str = "urn:xmpp:sid:0";

@@ -154,6 +154,8 @@ async function startBroker({ extraConfig = '' } = {}) {
       'xmpp = "127.0.0.1:0"',
       'xmpps = "127.0.0.1:0"',
       'mqtts = "127.0.0.1:0"',
+      'amqps = "127.0.0.1:0"',
+      'https = "127.0.0.1:0"',
       '',
       '[amqp]',
       'heartbeat = 60',

@@ -84,6 +84,7 @@ def test_connection_open_without_permissions_in_the_vhost_is_530(broker):
         530, "NOT_ALLOWED - access to vhost '/' refused for user 'bob'", 10, 40)
 
     # Permissions in another vhost do not open this one.
+    broker.cli("vhost", "add", "other")
     broker.cli("user", "set_permissions", "-p", "other", "bob", ".*", ".*", ".*")
     assert isinstance(open_as_bob(), commands.Connection.Close)
     # Any entry for `/` does, even one that matches nothing; granted on the running broker.

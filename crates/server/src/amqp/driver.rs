@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -51,12 +51,25 @@ pub struct AmqpContext {
     /// `[limits] max_buffered_bytes`: output waiting for the client past
     /// which no more deliveries are taken from queues.
     pub max_buffered_bytes: usize,
+    /// `[auth] failure_delay_ms`: a refused login waits this long before the
+    /// refusal is sent (only its own connection waits).
+    pub auth_failure_delay: Duration,
+}
+
+/// How a connection reached the driver.
+struct Origin {
+    local: Option<SocketAddr>,
+    tls: bool,
+    /// The user name of a verified TLS client certificate: SASL EXTERNAL is offered.
+    peer_identity: Option<String>,
 }
 
 /// The limits a connection holds: its place among all connections (none
 /// when it was accepted past the limit) and, once open, its user's.
 struct Places {
     peer: SocketAddr,
+    /// Its entry in the connection registry (management API, metrics).
+    reg: crate::registry::Registration,
     slot: Result<ConnectionSlot, Refusal>,
     user: Option<UserSlot>,
 }
@@ -64,17 +77,69 @@ struct Places {
 /// Runs one connection to its end.
 pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     let _ = stream.set_nodelay(true);
+    let origin = Origin {
+        local: stream.local_addr().ok(),
+        tls: false,
+        peer_identity: None,
+    };
+    let (rd, wr) = stream.into_split();
+    drive(rd, wr, peer, ctx, origin).await;
+}
+
+/// Runs one AMQPS connection: the TLS handshake, then the connection.
+pub async fn run_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<AmqpContext>,
+    tls: crate::tls::TlsSetup,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let accepted = match tls.accept(stream).await {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "AMQP TLS handshake failed");
+            return;
+        }
+    };
+    let origin = Origin {
+        local,
+        tls: true,
+        peer_identity: accepted.peer_name,
+    };
+    let (rd, wr) = tokio::io::split(accepted.stream);
+    drive(rd, wr, peer, ctx, origin).await;
+}
+
+async fn drive<R, W>(mut rd: R, mut wr: W, peer: SocketAddr, ctx: Arc<AmqpContext>, origin: Origin)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let transport = crate::registry::Transport {
+        local: origin.local,
+        tls: origin.tls,
+        ..Default::default()
+    };
     let mut places = Places {
+        reg: ctx
+            .limits
+            .registry()
+            .register(crate::registry::Protocol::Amqp, peer, Some(transport)),
         peer,
         slot: ctx.limits.admit(),
         user: None,
     };
     let high_water = WRITE_HIGH_WATER.min(ctx.max_buffered_bytes);
-    let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
-    let mut conn = Connection::new(ctx.config.clone(), Instant::now());
+    let config = match origin.peer_identity {
+        Some(_) => ctx.config.clone().with_external(),
+        None => ctx.config.clone(),
+    };
+    let mut conn = Connection::new(config, Instant::now());
     let mut session = Session::new(ctx.broker.clone(), ctx.users.clone(), peer, tx);
     session.set_max_pending_bytes(ctx.max_buffered_bytes);
+    session.set_peer_identity(origin.peer_identity);
     // Small to start with, so idle connections stay cheap; busy ones grow.
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK_MIN);
     let mut outbuf = BytesMut::new();
@@ -87,6 +152,13 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
     loop {
         if process_events(&mut conn, &mut session, &mut places, &ctx) == Flow::Closed {
             closed = true;
+        }
+        if session.take_login_refused() {
+            // Slows down password guessing: the refusal waits, only this connection does.
+            tokio::select! {
+                _ = tokio::time::sleep(ctx.auth_failure_delay) => {}
+                _ = ctx.shutdown.cancelled() => {}
+            }
         }
         session.flush_confirms(&mut conn);
         let t = conn.transmit();
@@ -127,13 +199,30 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                     break;
                 }
             }
+            _ = places.reg.close_requested(), if !shutting_down => {
+                // DELETE /api/connections/{name}: RabbitMQ's 320 and text.
+                shutting_down = true;
+                shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                if conn.is_open() {
+                    session.close_all();
+                    conn.close(reply::CONNECTION_FORCED, &format!("CONNECTION_FORCED - {}", places.reg.close_reason()), 0, 0);
+                } else {
+                    break;
+                }
+            }
             r = wr.write_buf(&mut outbuf), if !outbuf.is_empty() => {
-                if r.is_err() { break; }
+                match r {
+                    Ok(n) => places.reg.counters.wrote(n),
+                    Err(_) => break,
+                }
             }
             r = rd.read_buf(&mut inbuf), if can_read => {
                 match r {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => conn.handle_input(&mut inbuf, Instant::now()),
+                    Ok(n) => {
+                        places.reg.counters.read(n);
+                        conn.handle_input(&mut inbuf, Instant::now());
+                    }
                 }
                 if inbuf.capacity() - inbuf.len() < READ_CHUNK_MIN {
                     // A full buffer means a busy peer: read bigger chunks.
@@ -142,6 +231,9 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                 }
             }
             Some(first) = rx.recv(), if outbuf.len() < high_water => {
+                if matches!(first, Outbound::Deliver(..)) {
+                    places.reg.counters.message_out();
+                }
                 session.handle_outbound(&mut conn, first);
                 for _ in 1..DELIVERY_BUDGET {
                     // Never more than max_buffered_bytes waiting for the client:
@@ -150,7 +242,12 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<AmqpContext>) {
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(next) => session.handle_outbound(&mut conn, next),
+                        Ok(next) => {
+                            if matches!(next, Outbound::Deliver(..)) {
+                                places.reg.counters.message_out();
+                            }
+                            session.handle_outbound(&mut conn, next)
+                        }
                         Err(_) => break,
                     }
                 }
@@ -203,6 +300,7 @@ fn process_events(
     ctx: &AmqpContext,
 ) -> Flow {
     while let Some(event) = conn.poll_event() {
+        track(&places.reg, conn, &event);
         // The connection limits are checked at connection.open, as RabbitMQ
         // does: 530 NOT_ALLOWED with RabbitMQ's text.
         if matches!(event, Event::Open { .. })
@@ -217,6 +315,20 @@ fn process_events(
         }
     }
     Flow::Continue
+}
+
+/// Keeps the connection's registry entry up to date with what it does.
+fn track(reg: &crate::registry::ConnInfo, conn: &Connection, event: &Event) {
+    match event {
+        Event::Publish { .. } => reg.counters.message_in(),
+        Event::ChannelOpened { channel } => reg.channel_opened(*channel),
+        Event::ChannelClosed { channel } => reg.channel_closed(*channel),
+        Event::Open { vhost } => {
+            reg.set_user(conn.user().unwrap_or(""));
+            reg.set_vhost(vhost);
+        }
+        _ => {}
+    }
 }
 
 /// Whether the connection may open: it was admitted at accept, and its user

@@ -61,8 +61,15 @@ pub struct Session {
     cancel_notify: bool,
     blocked_notify: bool,
     publisher: bool,
+    /// Whether the user has topic permissions in the vhost, by user
+    /// database generation (most have none: no per-message check).
+    topic_permissions: Option<(u64, bool)>,
     routed: Routed,
     next_epoch: u64,
+    /// The user name of a verified TLS client certificate (SASL EXTERNAL).
+    peer_identity: Option<String>,
+    /// Set when a login was refused, until the driver has applied its delay.
+    login_refused: bool,
 }
 
 fn method_ids(m: &Method) -> (u16, u16) {
@@ -98,9 +105,39 @@ impl Session {
             cancel_notify: false,
             blocked_notify: false,
             publisher: false,
+            topic_permissions: None,
             routed: Routed::default(),
             next_epoch: 0,
+            peer_identity: None,
+            login_refused: false,
         }
+    }
+
+    /// The user name of the client's verified TLS certificate, for SASL EXTERNAL.
+    pub fn set_peer_identity(&mut self, identity: Option<String>) {
+        self.peer_identity = identity;
+    }
+
+    /// Whether a login was refused since the last call (the driver delays
+    /// the refusal, `[auth] failure_delay_ms`).
+    pub fn take_login_refused(&mut self) -> bool {
+        std::mem::take(&mut self.login_refused)
+    }
+
+    /// SASL EXTERNAL: the certificate's user, who must exist (no password)
+    /// and may connect from this address; `authzid`, if any, must name it.
+    fn authenticate_external(&self, authzid: &str) -> Result<String, AuthError> {
+        let external =
+            tributary_sasl::parse_external(authzid.as_bytes(), self.peer_identity.as_deref())
+                .map_err(|_| AuthError::InvalidCredentials)?;
+        let user = external.identity;
+        if external.authzid.is_some_and(|a| a != user) || !self.users.exists(&user) {
+            return Err(AuthError::InvalidCredentials);
+        }
+        if !self.users.may_connect_from(&user, self.peer.ip()) {
+            return Err(AuthError::LoopbackOnly);
+        }
+        Ok(user)
     }
 
     /// Handles one event from the connection machine.
@@ -111,27 +148,34 @@ impl Session {
                 username,
                 password,
             } => {
-                match self
-                    .users
-                    .authenticate(&username, &password, self.peer.ip())
-                {
-                    Ok(_) => {
-                        self.user = Some(username);
-                        conn.accept_auth();
+                let result = if mechanism == tributary_amqp::Mechanism::External {
+                    self.authenticate_external(&username)
+                } else {
+                    self.users
+                        .authenticate(&username, &password, self.peer.ip())
+                        .map(|_| username.clone())
+                };
+                match result {
+                    Ok(user) => {
+                        conn.accept_auth_as(&user);
+                        self.user = Some(user);
                     }
                     Err(e) => {
-                        tracing::warn!(peer = %self.peer, user = %username, reason = %e, "AMQP login refused");
+                        self.login_refused = true;
+                        let username = match mechanism {
+                            tributary_amqp::Mechanism::External => {
+                                self.peer_identity.clone().unwrap_or_default()
+                            }
+                            _ => username,
+                        };
+                        tracing::warn!(peer = %self.peer, user = %username, mechanism = mechanism.name(), reason = %e, "AMQP login refused");
                         let reason = match e {
                             AuthError::LoopbackOnly => format!(
                                 "ACCESS_REFUSED - user '{username}' can only connect via localhost"
                             ),
                             AuthError::InvalidCredentials => format!(
                                 "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                                match mechanism {
-                                    tributary_amqp::Mechanism::Plain => "PLAIN",
-                                    tributary_amqp::Mechanism::AmqPlain => "AMQPLAIN",
-                                    _ => "unknown",
-                                }
+                                mechanism.name()
                             ),
                         };
                         conn.reject_auth(&reason);
@@ -141,7 +185,7 @@ impl Session {
             }
             Event::Open { vhost } => {
                 let user = self.user.clone().unwrap_or_default();
-                match self.broker.vhost(&vhost) {
+                match crate::vhosts::resolve(&self.broker, &self.users, &vhost) {
                     Some(_) if !self.users.vhost_access(&user, &vhost) => {
                         tracing::warn!(peer = %self.peer, user = %user, vhost = %vhost, "AMQP vhost access refused");
                         conn.reject_open(
@@ -271,6 +315,53 @@ impl Session {
             ch.publish_permits.allow(generation, exchange);
         }
         Ok(())
+    }
+
+    /// RabbitMQ's topic authorisation: on a topic exchange, `access` (write
+    /// to publish, read to bind) with `routing_key` must be allowed by the
+    /// user's topic permissions, if they have any for the exchange.
+    fn permit_topic(
+        &mut self,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), CoreError> {
+        let generation = self.users.generation();
+        let user = self.user.clone().unwrap_or_default();
+        let has = match self.topic_permissions {
+            Some((g, has)) if g == generation => has,
+            _ => {
+                let has = self.users.has_topic_permissions(&user, self.vhost_name());
+                self.topic_permissions = Some((generation, has));
+                has
+            }
+        };
+        if !has {
+            return Ok(());
+        }
+        let vhost = self.vhost();
+        let is_topic = vhost
+            .exchange(exchange)
+            .is_ok_and(|x| x.options().kind == ExchangeKind::Topic);
+        if !is_topic {
+            return Ok(());
+        }
+        let context = crate::users::TopicContext {
+            username: &user,
+            vhost: vhost.name(),
+            client_id: "",
+        };
+        if self
+            .users
+            .check_topic(&user, exchange, access, routing_key, &context)
+        {
+            return Ok(());
+        }
+        Err(CoreError::AccessRefused(format!(
+            "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{}' refused for user '{user}'",
+            access.as_str(),
+            vhost.name()
+        )))
     }
 
     fn channel_error(
@@ -516,7 +607,16 @@ impl Session {
             );
             return;
         }
-        if let Err(e) = self.permit_publish(channel, exchange.as_bytes()) {
+        if let Err(e) = self
+            .permit_publish(channel, exchange.as_bytes())
+            .and_then(|()| {
+                self.permit_topic(
+                    Access::Write,
+                    &String::from_utf8_lossy(exchange.as_bytes()),
+                    &String::from_utf8_lossy(routing_key.as_bytes()),
+                )
+            })
+        {
             self.channel_error(conn, channel, e, ids);
             return;
         }
@@ -811,6 +911,7 @@ impl Session {
             } => {
                 let q = self.queue_name(channel, &queue)?;
                 self.permit_binding("queue", &q, text(&exchange))?;
+                self.permit_topic(Access::Read, text(&exchange), text(&routing_key))?;
                 vhost.bind_queue(
                     &q,
                     text(&exchange),
@@ -831,6 +932,7 @@ impl Session {
             } => {
                 let q = self.queue_name(channel, &queue)?;
                 self.permit_binding("queue", &q, text(&exchange))?;
+                self.permit_topic(Access::Read, text(&exchange), text(&routing_key))?;
                 vhost.unbind_queue(
                     &q,
                     text(&exchange),

@@ -4,16 +4,18 @@
 //! connection limits and the bound on output waiting for a slow client.
 
 use super::Registry;
+use super::mailbox;
 use super::session::{End, Outbound, Session};
 use crate::limits::Limits;
+use crate::readbuf;
 use crate::users::UserDb;
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tributary_core::Broker;
 use tributary_mqtt::{
@@ -25,6 +27,8 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Stop reading from the socket while this much output waits to be written
 /// (or `[limits] max_buffered_bytes`, if lower).
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Queued deliveries turned into packets per wake-up before the output is written.
+const DELIVERY_BATCH: usize = 256;
 /// Largest packet accepted (MQTT 5 Maximum Packet Size; refused before allocation).
 pub const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 
@@ -46,6 +50,9 @@ pub struct MqttContext {
     pub sessions: Arc<super::stored::SessionTable>,
     /// `[mqtt] max_keep_alive`: the longest keep alive a v5 client gets.
     pub max_keep_alive: u16,
+    /// `[mqtt] vhost`: the vhost of clients whose username has no
+    /// `vhost:` prefix.
+    pub default_vhost: String,
     /// Connection limits shared with the other protocols.
     pub limits: Arc<Limits>,
     /// `[limits] mqtt_connect_timeout`: time a client has to send CONNECT.
@@ -53,11 +60,11 @@ pub struct MqttContext {
     /// `[limits] max_buffered_bytes`: output waiting for the client past
     /// which QoS 0 deliveries are dropped.
     pub max_buffered_bytes: usize,
-}
-
-/// The user an MQTT CONNECT logs in as (anonymous clients act as guest).
-fn connect_user(c: &tributary_mqtt::Connect) -> &str {
-    c.username.as_deref().unwrap_or("guest")
+    /// `[mqtt] ssl_cert_login`: a verified client certificate logs its user
+    /// in when the CONNECT has no password.
+    pub ssl_cert_login: bool,
+    /// `[auth] failure_delay_ms`: a refused login waits this long for its CONNACK.
+    pub auth_failure_delay: Duration,
 }
 
 fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion) {
@@ -71,7 +78,35 @@ fn write(out: &mut BytesMut, packets: &mut Vec<Packet>, version: ProtocolVersion
 /// Runs one connection to its end.
 pub async fn run(stream: TcpStream, peer: SocketAddr, ctx: Arc<MqttContext>) {
     let _ = stream.set_nodelay(true);
-    serve(stream, peer, ctx).await;
+    let transport = crate::registry::Transport {
+        local: stream.local_addr().ok(),
+        ..Default::default()
+    };
+    transport.scope(serve(stream, peer, ctx)).await;
+}
+
+/// Runs one MQTTS connection: the TLS handshake, then the connection.
+pub async fn run_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<MqttContext>,
+    tls: crate::tls::TlsSetup,
+) {
+    let _ = stream.set_nodelay(true);
+    let transport = crate::registry::Transport {
+        local: stream.local_addr().ok(),
+        tls: true,
+        websocket: false,
+    };
+    match tls.accept(stream).await {
+        Ok(accepted) => {
+            let cert_user = accepted.peer_name.filter(|_| ctx.ssl_cert_login);
+            transport
+                .scope(serve_as(accepted.stream, peer, ctx, cert_user))
+                .await;
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),
+    }
 }
 
 /// Runs one connection over any byte stream (TCP, or a WebSocket bridged to bytes).
@@ -79,15 +114,32 @@ pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<MqttContext>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    // Boxed: the task then holds this future once, at its exact size,
+    // rather than nested in the wrappers' futures (memory per connection).
+    Box::pin(serve_as(stream, peer, ctx, None)).await;
+}
+
+/// [`serve`], with the user of a verified client certificate (`[mqtt] ssl_cert_login`).
+async fn serve_as<S>(stream: S, peer: SocketAddr, ctx: Arc<MqttContext>, cert_user: Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     // Admitted now, refused at CONNECT if past the limit (the client must
     // have spoken for the refusal to be in its own protocol version).
     let slot = ctx.limits.admit();
+    let reg = (ctx.limits.registry()).register(crate::registry::Protocol::Mqtt, peer, None);
     let mut user_slot = None;
     let high_water = WRITE_HIGH_WATER.min(ctx.max_buffered_bytes);
     // QoS 0 deliveries dropped before the current congestion (for the log).
     let mut dropped_before: u64 = 0;
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
+    // Nothing below allocates while the connection idles: no read buffer
+    // (reads go through the thread's scratch buffer), an output buffer and a
+    // packet list only while there is something to send, and a mailbox that
+    // allocates on its first message (docs/benchmarks.md, memory per idle
+    // connection).
+    let (tx, mut rx) = mailbox::unbounded::<Outbound>();
+    let mut batch: VecDeque<Outbound> = VecDeque::new();
     let mut session = Session::new(
         ctx.broker.clone(),
         ctx.users.clone(),
@@ -98,11 +150,17 @@ where
         tx,
     );
     session.max_keep_alive = ctx.max_keep_alive;
-    let mut inbuf = BytesMut::with_capacity(4096);
+    session.default_vhost.clone_from(&ctx.default_vhost);
+    session.cert_user = cert_user;
+    let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();
     let mut packets = Vec::new();
     let mut taken_over: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut deadline = tokio::time::Instant::now() + ctx.connect_timeout;
+    // Armed for `deadline` or earlier; moved on when it fires early, rather
+    // than re-registered with the timer after every packet.
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     let mut publish_will = false;
     // Turns true once this connection has closed and saved its session.
     let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
@@ -120,18 +178,20 @@ where
             match decode(&mut inbuf, version, MAX_PACKET_SIZE) {
                 Ok(None) => break,
                 Ok(Some(Packet::Connect(c))) => {
+                    // Boxed: it lives across the takeover wait below.
+                    let c = Box::new(c);
                     let v = c.protocol_version;
                     // Connection limits, before any takeover: a refused client
                     // cannot disconnect the session it names.
                     let mut refusal = slot.as_ref().err().cloned();
                     if refusal.is_none() && ctx.limits.limits_users() && session.login_ok(&c) {
-                        match ctx.limits.admit_user(connect_user(&c)) {
+                        match ctx.limits.admit_user(&session.login_user(&c)) {
                             Ok(s) => user_slot = Some(s),
                             Err(r) => refusal = Some(r),
                         }
                     }
                     if let Some(refusal) = refusal {
-                        tracing::warn!(peer = %peer, client_id = %c.client_id, user = connect_user(&c), "MQTT connection refused: {}", refusal.text());
+                        tracing::warn!(peer = %peer, client_id = %c.client_id, user = %session.login_user(&c), "MQTT connection refused: {}", refusal.text());
                         // 0x97 Quota exceeded; 3.1.1 has no such code: 0x03 Server unavailable.
                         packets.push(Packet::ConnAck(tributary_mqtt::ConnAck {
                             reason_code: ReasonCode::QUOTA_EXCEEDED,
@@ -143,18 +203,39 @@ where
                     // Takeover: the previous connection with this client id goes,
                     // and its session is saved, before this one looks it up.
                     if !c.client_id.is_empty() && session.login_ok(&c) {
-                        let (rx, old) =
-                            ctx.registry
-                                .claim(&c.client_id, session.id, closed_rx.clone());
+                        let (rx, old) = ctx.registry.claim(
+                            &session.session_key_for(&c),
+                            session.id,
+                            closed_rx.clone(),
+                        );
                         taken_over = Some(rx);
                         if let Some(mut old) = old {
-                            let _ =
-                                tokio::time::timeout(TAKEOVER_WAIT, old.wait_for(|closed| *closed))
-                                    .await;
+                            // Boxed, as the other rare waits below: the
+                            // connection's future stays the size of its
+                            // steady state (memory per connection).
+                            let _ = Box::pin(tokio::time::timeout(
+                                TAKEOVER_WAIT,
+                                old.wait_for(|closed| *closed),
+                            ))
+                            .await;
                         }
                     }
-                    let (ack, ok) = session.connect(c);
+                    reg.set_user(&session.login_user(&c));
+                    reg.set_client(&c.client_id);
+                    let (ack, ok) = session.connect(*c);
+                    let refused = matches!(&ack, Packet::ConnAck(a) if a.reason_code == ReasonCode::BAD_USER_NAME_OR_PASSWORD || a.reason_code == ReasonCode::NOT_AUTHORIZED);
                     packets.push(ack);
+                    if refused {
+                        // Slows down password guessing: only this connection waits.
+                        Box::pin(async {
+                            tokio::select! {
+                                _ = tokio::time::sleep(ctx.auth_failure_delay) => {}
+                                _ = ctx.shutdown.cancelled() => {}
+                            }
+                        })
+                        .await;
+                    }
+                    reg.set_vhost(session.vhost_name());
                     if ok {
                         session.after_connect(&mut packets);
                     }
@@ -165,7 +246,7 @@ where
                     if taken_over.is_none() {
                         taken_over = Some(
                             ctx.registry
-                                .claim(&session.client_id, session.id, closed_rx.clone())
+                                .claim(&session.session_key, session.id, closed_rx.clone())
                                 .0,
                         );
                     }
@@ -173,6 +254,9 @@ where
                 }
                 Ok(Some(packet)) => {
                     let Some(v) = version else { break 'conn };
+                    if matches!(packet, Packet::Publish(_)) {
+                        reg.counters.message_in();
+                    }
                     let end = session.handle(packet, &mut packets);
                     write(&mut outbuf, &mut packets, v);
                     if let End::Close { packet, will } = end {
@@ -223,6 +307,41 @@ where
                 deadline = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
             }
         }
+        // Deliveries taken from the mailbox, a bounded number per wake-up.
+        if let Some(v) = session.version {
+            for item in batch.drain(..DELIVERY_BATCH.min(batch.len())) {
+                // A client that does not read has its QoS 0 messages
+                // dropped past max_buffered_bytes, as Mosquitto and
+                // RabbitMQ do; QoS 1 and 2 are bounded by the in-flight
+                // window, and wait in the queue beyond it.
+                let congested = outbuf.len() >= ctx.max_buffered_bytes;
+                if congested != session.drop_qos0 {
+                    session.drop_qos0 = congested;
+                    if congested {
+                        dropped_before = session.dropped;
+                        tracing::warn!(peer = %peer, client_id = %session.client_id, buffered = outbuf.len(), "MQTT client does not keep up: dropping its QoS 0 messages");
+                    } else {
+                        tracing::info!(peer = %peer, client_id = %session.client_id, dropped = session.dropped - dropped_before, "MQTT client keeps up again");
+                    }
+                }
+                match item {
+                    Outbound::Deliver(d) => {
+                        reg.counters.message_out();
+                        session.deliver(d, &mut packets)
+                    }
+                    Outbound::Send(p) => packets.push(*p),
+                }
+                write(&mut outbuf, &mut packets, v);
+            }
+        }
+        // Nothing is kept for an idle connection (see above).
+        if packets.capacity() != 0 {
+            packets = Vec::new();
+        }
+        mailbox::trim(&mut batch);
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
@@ -231,6 +350,15 @@ where
                     write(&mut outbuf, &mut packets, v);
                 }
                 publish_will = false;
+                break 'conn;
+            }
+            _ = reg.close_requested() => {
+                // DELETE /api/connections/{name}: v5 gets 0x98 Administrative action.
+                if let Some(v) = session.version.filter(|v| v.is_v5()) {
+                    packets.push(Packet::Disconnect(Disconnect { reason_code: ReasonCode::ADMINISTRATIVE_ACTION, ..Default::default() }));
+                    write(&mut outbuf, &mut packets, v);
+                }
+                publish_will = true;
                 break 'conn;
             }
             _ = async { match taken_over.as_mut() { Some(rx) => { let _ = rx.await; } None => std::future::pending().await } } => {
@@ -243,46 +371,29 @@ where
                 break 'conn;
             }
             r = wr.write_buf(&mut outbuf), if !outbuf.is_empty() => {
-                if r.is_err() { break 'conn; }
+                match r {
+                    Ok(n) => reg.counters.wrote(n),
+                    Err(_) => break 'conn,
+                }
+                if outbuf.is_empty() {
+                    outbuf = BytesMut::new();
+                }
             }
-            r = rd.read_buf(&mut inbuf), if outbuf.len() < high_water => {
+            r = readbuf::read_into(&mut rd, &mut inbuf), if outbuf.len() < high_water => {
                 match r {
                     Ok(0) | Err(_) => break 'conn,
-                    Ok(_) => {}
+                    Ok(n) => reg.counters.read(n),
                 }
             }
-            Some(first) = rx.recv() => {
-                if let Some(v) = session.version {
-                    let mut next = Some(first);
-                    let mut sent = 0;
-                    while let Some(item) = next.take() {
-                        // A client that does not read has its QoS 0 messages
-                        // dropped past max_buffered_bytes, as Mosquitto and
-                        // RabbitMQ do; QoS 1 and 2 are bounded by the in-flight
-                        // window, and wait in the queue beyond it.
-                        let congested = outbuf.len() >= ctx.max_buffered_bytes;
-                        if congested != session.drop_qos0 {
-                            session.drop_qos0 = congested;
-                            if congested {
-                                dropped_before = session.dropped;
-                                tracing::warn!(peer = %peer, client_id = %session.client_id, buffered = outbuf.len(), "MQTT client does not keep up: dropping its QoS 0 messages");
-                            } else {
-                                tracing::info!(peer = %peer, client_id = %session.client_id, dropped = session.dropped - dropped_before, "MQTT client keeps up again");
-                            }
-                        }
-                        match item {
-                            Outbound::Deliver(d) => session.deliver(d, &mut packets),
-                            Outbound::Send(p) => packets.push(*p),
-                        }
-                        write(&mut outbuf, &mut packets, v);
-                        sent += 1;
-                        if sent < 256 {
-                            next = rx.try_recv().ok();
-                        }
-                    }
+            // More deliveries are taken once the last batch is handled.
+            _ = rx.recv_many(&mut batch), if batch.is_empty() => {}
+            _ = std::future::ready(()), if !batch.is_empty() => {}
+            _ = &mut timer => {
+                if deadline > timer.deadline() {
+                    // Input came since it was armed: not due yet.
+                    timer.as_mut().reset(deadline);
+                    continue 'conn;
                 }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
                 tracing::info!(peer = %peer, client_id = %session.client_id, "MQTT keep alive (or CONNECT) timeout");
                 if let Some(v) = session.version.filter(|v| v.is_v5()) {
                     packets.push(Packet::Disconnect(Disconnect { reason_code: ReasonCode::KEEP_ALIVE_TIMEOUT, ..Default::default() }));
@@ -297,7 +408,7 @@ where
             will.publish(&ctx.broker, &ctx.retained, &ctx.users);
         } else {
             // v5 Will Delay Interval: published unless the client is back in time.
-            let (ctx, client_id, conn) = (ctx.clone(), session.client_id.clone(), session.id);
+            let (ctx, client_id, conn) = (ctx.clone(), session.session_key.clone(), session.id);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(will.delay))).await;
                 if !ctx.registry.is_connected_elsewhere(&client_id, conn) {
@@ -308,17 +419,21 @@ where
     }
     session.close();
     if !session.client_id.is_empty() {
-        ctx.registry.release(&session.client_id, session.id);
+        ctx.registry.release(&session.session_key, session.id);
     }
     let _ = closed_tx.send(true);
     if !outbuf.is_empty() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&outbuf)).await;
+        let _ = Box::pin(tokio::time::timeout(
+            Duration::from_secs(1),
+            wr.write_all(&outbuf),
+        ))
+        .await;
     }
     // Its places are free before the client sees the end of the stream.
-    drop((slot, user_slot));
+    drop((slot, user_slot, reg));
     let _ = wr.shutdown().await;
     rx.close();
-    while let Ok(item) = rx.try_recv() {
+    while let Some(item) = batch.pop_front().or_else(|| rx.try_recv()) {
         if let Outbound::Deliver(d) = item {
             d.queue.return_undelivered(vec![d.entry], true);
         }

@@ -4,6 +4,7 @@
 //! MQTT and AMQP share one routing core. See docs/mqtt.md for what works.
 
 pub mod driver;
+mod mailbox;
 mod session;
 pub mod stored;
 pub mod sys;

@@ -2,13 +2,13 @@
 //! (QoS 0, 1, 2), SUBSCRIBE/UNSUBSCRIBE as bindings of the client's queue on
 //! `amq.topic`, deliveries out (QoS 0 and 1, 2), wills, retained messages.
 
+use super::mailbox::UnboundedSender;
 use crate::users::{Access, DEFAULT_VHOST, UserDb};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use tokio::sync::mpsc::UnboundedSender;
 use tributary_core::{
     Broker, ConsumerOptions, ConsumerSink, Delivery, Entry, Message, Properties, Queue,
     QueueOptions, Table, VHost, Value,
@@ -115,9 +115,22 @@ pub struct Session {
     publish_permit: Option<u64>,
     pub(super) version: Option<ProtocolVersion>,
     pub(super) client_id: String,
+    /// Whether the user has topic permissions in the vhost, by user
+    /// database generation (most users have none: no per-message check).
+    topic_permissions: Option<(u64, bool)>,
+    /// The vhost the client logged into (`vhost:user`, or `[mqtt] vhost`).
+    vhost: Arc<VHost>,
+    /// `[mqtt] vhost`: where a username without a vhost prefix goes.
+    pub(super) default_vhost: String,
+    /// The client id scoped by vhost: the key of the takeover registry and
+    /// the stored-session table (client ids are per vhost).
+    pub(super) session_key: String,
     pub(super) keep_alive: u16,
     /// `[mqtt] max_keep_alive` (v5 Server Keep Alive above it).
     pub(super) max_keep_alive: u16,
+    /// `[mqtt] ssl_cert_login`: the user name of the client's verified TLS
+    /// certificate, set by the driver only when that option is on.
+    pub(super) cert_user: Option<String>,
     will: Option<tributary_mqtt::Will>,
     queue: Option<Arc<Queue>>,
     sink: Option<Arc<Sink>>,
@@ -169,8 +182,39 @@ pub fn persistent_queue_name(client_id: &str) -> String {
     format!("mqtt-subscription-{client_id}qos1")
 }
 
-fn vhost(broker: &Broker) -> Arc<VHost> {
-    broker.default_vhost().clone()
+/// A name scoped by vhost: the name itself in `/` (so that sessions and
+/// retained messages stored before vhosts existed keep their keys), else
+/// `vhost NUL name`; MQTT strings never contain NUL.
+pub fn scoped(vhost: &str, name: &str) -> String {
+    if vhost == DEFAULT_VHOST {
+        name.to_string()
+    } else {
+        format!("{vhost}\u{0}{name}")
+    }
+}
+
+/// The vhost and name of a [`scoped`] key.
+pub fn unscope(key: &str) -> (&str, &str) {
+    key.split_once('\u{0}').unwrap_or((DEFAULT_VHOST, key))
+}
+
+/// The vhost and user a CONNECT's username names: RabbitMQ's `vhost:user`
+/// when the part before the first colon is an existing vhost, else
+/// `default_vhost` and the whole name. Anonymous clients act as guest.
+pub fn login_target<'a>(
+    users: &UserDb,
+    default_vhost: &'a str,
+    username: Option<&'a str>,
+) -> (&'a str, &'a str) {
+    let name = username.unwrap_or("guest");
+    match name.split_once(':') {
+        Some((vhost, user))
+            if !vhost.is_empty() && users.vhosts().iter().any(|v| v.name == vhost) =>
+        {
+            (vhost, user)
+        }
+        _ => (default_vhost, name),
+    }
 }
 
 impl Session {
@@ -184,6 +228,7 @@ impl Session {
         peer: SocketAddr,
         tx: UnboundedSender<Outbound>,
     ) -> Self {
+        let default_vhost = broker.default_vhost().clone();
         Session {
             id: broker.next_connection_id(),
             peer,
@@ -193,8 +238,13 @@ impl Session {
             publish_permit: None,
             version: None,
             client_id: String::new(),
+            vhost: default_vhost,
+            default_vhost: DEFAULT_VHOST.to_string(),
+            topic_permissions: None,
+            session_key: String::new(),
             keep_alive: 0,
             max_keep_alive: u16::MAX,
+            cert_user: None,
             will: None,
             queue: None,
             sink: None,
@@ -281,21 +331,19 @@ impl Session {
             self.max_packet_size = c.properties.maximum_packet_size;
             self.client_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
         }
-        let (user, password) = match (&c.username, &c.password) {
-            (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
-            (Some(u), None) => (u.clone(), String::new()),
-            // Anonymous clients act as guest, which (by default) only works from loopback.
-            (None, _) => ("guest".to_string(), "guest".to_string()),
-        };
-        if let Err(e) = self.users.authenticate(&user, &password, self.peer.ip()) {
+        let (vhost_name, user, password) = self.credentials(&c);
+        if let Err(e) = self.check_password(&c, &user, &password) {
             tracing::warn!(peer = %self.peer, user = %user, reason = %e, "MQTT login refused");
             return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
         }
-        if !self.users.vhost_access(&user, DEFAULT_VHOST) {
-            tracing::warn!(peer = %self.peer, user = %user, vhost = DEFAULT_VHOST, "MQTT vhost access refused");
+        let vhost = crate::vhosts::resolve(&self.broker, &self.users, &vhost_name);
+        let Some(vhost) = vhost.filter(|_| self.users.vhost_access(&user, &vhost_name)) else {
+            tracing::warn!(peer = %self.peer, user = %user, vhost = %vhost_name, "MQTT vhost access refused");
             return refuse(self, ReasonCode::NOT_AUTHORIZED);
-        }
+        };
+        self.vhost = vhost;
         self.user = user.clone();
+        self.session_key = scoped(&vhost_name, &client_id);
         self.client_id = client_id;
         self.keep_alive = c.keep_alive;
         // v5 Server Keep Alive: a keep alive above our maximum (or none at
@@ -324,7 +372,7 @@ impl Session {
         } else {
             !c.clean_start
         };
-        let v = vhost(&self.broker);
+        let v = self.vhost.clone();
         let stored = v.queue(&self.persistent_queue_name(), self.id).ok();
         let mut session_present = false;
         let expiry_secs = if version.is_v5() {
@@ -363,18 +411,19 @@ impl Session {
             (Some(q), false) => {
                 // Clean start discards a stored session.
                 v.remove_queue(&q);
-                self.stored.forget(&self.broker, &self.client_id);
+                self.stored.forget(&self.broker, &self.session_key);
             }
             // A session without subscriptions (a publisher's) has no queue,
             // but it exists: its QoS 2 state is in the table.
-            (None, true) if self.stored.contains(&self.client_id) => {
+            (None, true) if self.stored.contains(&self.session_key) => {
                 session_present = true;
                 self.resume_stored(expiry_secs);
             }
-            (None, _) => self.stored.forget(&self.broker, &self.client_id),
+            (None, _) => self.stored.forget(&self.broker, &self.session_key),
         }
         if self.persistent && !session_present {
-            self.stored.take(&self.broker, &self.client_id, expiry_secs);
+            self.stored
+                .take(&self.broker, &self.session_key, expiry_secs);
         }
         tracing::info!(peer = %self.peer, client_id = %self.client_id, user = %user, version = version.level(), "MQTT connection opened");
         let mut ack = self.connack(version, ReasonCode::SUCCESS, assigned);
@@ -392,7 +441,9 @@ impl Session {
     /// Takes over a stored session's exactly-once state: the packet ids the
     /// client has not released, and our PUBRELs it has not completed.
     fn resume_stored(&mut self, expiry_secs: Option<u32>) {
-        let state = self.stored.take(&self.broker, &self.client_id, expiry_secs);
+        let state = self
+            .stored
+            .take(&self.broker, &self.session_key, expiry_secs);
         self.incoming_qos2 = state.incoming_qos2;
         self.pubrel_pending = state.pubrel_pending;
         let mut ids: Vec<u16> = self.pubrel_pending.iter().copied().collect();
@@ -414,21 +465,101 @@ impl Session {
     /// (checked before a takeover, so a refused login cannot disconnect the
     /// session it names).
     pub fn login_ok(&self, c: &Connect) -> bool {
-        let (user, password) = match (&c.username, &c.password) {
-            (Some(u), Some(p)) => (u.clone(), String::from_utf8_lossy(p).into_owned()),
-            (Some(u), None) => (u.clone(), String::new()),
-            (None, _) => ("guest".to_string(), "guest".to_string()),
+        let (vhost, user, password) = self.credentials(c);
+        self.check_password(c, &user, &password).is_ok() && self.users.vhost_access(&user, &vhost)
+    }
+
+    /// The vhost, user and password a CONNECT logs in with (anonymous
+    /// clients act as guest, which by default only works from loopback).
+    fn credentials(&self, c: &Connect) -> (String, String, String) {
+        let name = self.cert_login(c).or(c.username.as_deref());
+        let (vhost, user) = login_target(&self.users, &self.default_vhost, name);
+        let password = match (&c.username, &c.password) {
+            (_, Some(p)) => String::from_utf8_lossy(p).into_owned(),
+            (Some(_), None) => String::new(),
+            (None, None) => "guest".to_string(),
         };
-        self.users
-            .authenticate(&user, &password, self.peer.ip())
-            .is_ok()
-            && self.users.vhost_access(&user, DEFAULT_VHOST)
+        (vhost.to_string(), user.to_string(), password)
+    }
+
+    /// The user a CONNECT logs in as: its user name without a `vhost:`
+    /// prefix, the certificate's user (`ssl_cert_login`), or guest.
+    pub fn login_user(&self, c: &Connect) -> String {
+        self.credentials(c).1
+    }
+
+    /// `[mqtt] ssl_cert_login`: the certificate's user, when the CONNECT
+    /// carries no password (and no user name, or that same one).
+    fn cert_login<'a>(&'a self, c: &'a Connect) -> Option<&'a str> {
+        let name = self.cert_user.as_deref()?;
+        (c.password.is_none() && c.username.as_deref().is_none_or(|u| u == name)).then_some(name)
+    }
+
+    /// Checks the password, or for a certificate login that the account
+    /// exists (no password) and may connect from this address.
+    fn check_password(
+        &self,
+        c: &Connect,
+        user: &str,
+        password: &str,
+    ) -> Result<(), crate::users::AuthError> {
+        if self.cert_login(c).is_none() {
+            return self
+                .users
+                .authenticate(user, password, self.peer.ip())
+                .map(|_| ());
+        }
+        if !self.users.exists(user) {
+            return Err(crate::users::AuthError::InvalidCredentials);
+        }
+        if !self.users.may_connect_from(user, self.peer.ip()) {
+            return Err(crate::users::AuthError::LoopbackOnly);
+        }
+        Ok(())
+    }
+
+    /// The key a CONNECT's session is registered under (for takeover),
+    /// before the session exists.
+    pub fn session_key_for(&self, c: &Connect) -> String {
+        let (vhost, _) = login_target(&self.users, &self.default_vhost, c.username.as_deref());
+        scoped(vhost, &c.client_id)
+    }
+
+    /// The name of the vhost the session uses.
+    pub fn vhost_name(&self) -> &str {
+        self.vhost.name()
     }
 
     /// Whether the user has `access` to the exchange or queue `resource`.
     fn may(&self, access: Access, resource: &str) -> bool {
         self.users
-            .check(&self.user, DEFAULT_VHOST, access, resource)
+            .check(&self.user, self.vhost.name(), access, resource)
+    }
+
+    /// Whether the user's topic permissions on `amq.topic` allow `access`
+    /// (Write: publish, Read: subscribe) with this routing key.
+    fn may_topic(&mut self, access: Access, routing_key: &str) -> bool {
+        let generation = self.users.generation();
+        let has = match self.topic_permissions {
+            Some((g, has)) if g == generation => has,
+            _ => {
+                let has = self
+                    .users
+                    .has_topic_permissions(&self.user, self.vhost.name());
+                self.topic_permissions = Some((generation, has));
+                has
+            }
+        };
+        if !has {
+            return true;
+        }
+        let context = crate::users::TopicContext {
+            username: &self.user,
+            vhost: self.vhost.name(),
+            client_id: &self.client_id,
+        };
+        self.users
+            .check_topic(&self.user, TOPIC_EXCHANGE, access, routing_key, &context)
     }
 
     /// Whether the user may publish (write on `amq.topic`), checked once per
@@ -498,7 +629,7 @@ impl Session {
         if let Some(q) = &self.queue {
             return Ok(q.clone());
         }
-        let v = vhost(&self.broker);
+        let v = self.vhost.clone();
         let name = self.subscription_queue_name();
         let options = if self.persistent {
             QueueOptions {
@@ -652,11 +783,16 @@ impl Session {
     }
 
     fn set_retained(&self, topic: &str, message: Option<Arc<Message>>) {
-        set_retained(&self.broker, &self.retained, topic, message);
+        set_retained(
+            &self.broker,
+            &self.retained,
+            &scoped(self.vhost.name(), topic),
+            message,
+        );
     }
 
     fn route(&self, message: &Arc<Message>) {
-        route(&self.broker, message);
+        route(&self.vhost, message);
     }
 
     /// Sends a PUBACK/PUBREC only once everything the publish wrote is fsynced
@@ -707,7 +843,7 @@ impl Session {
         } else if topic.is_empty() {
             return self.disconnect(ReasonCode::PROTOCOL_ERROR);
         }
-        if !self.may_publish() {
+        if !self.may_publish() || !self.may_topic(Access::Write, &topic_to_routing_key(&topic)) {
             return self.publish_refused(&p, out);
         }
         let message = Self::to_message(
@@ -819,7 +955,7 @@ impl Session {
                 }
             }
         };
-        let v = vhost(&self.broker);
+        let v = self.vhost.clone();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained_out = Vec::new();
         for sub in s.filters {
@@ -844,6 +980,11 @@ impl Session {
                 continue;
             };
             let key = filter_to_routing_key(&sub.filter);
+            if !self.may_topic(Access::Read, &key) {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, user = %self.user, filter = %sub.filter, "MQTT subscribe refused by topic permissions");
+                codes.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
             let granted = sub.options.qos;
             self.sub_flags.insert(
                 sub.filter.clone(),
@@ -879,11 +1020,13 @@ impl Session {
             if !send_retained {
                 continue;
             }
-            for (topic, m) in self.retained.lock().iter() {
-                if tributary_core::topic::pattern_matches(&key, &topic_to_routing_key(topic))
+            for (scoped_topic, m) in self.retained.lock().iter() {
+                let (vhost, topic) = unscope(scoped_topic);
+                if vhost == self.vhost.name()
+                    && tributary_core::topic::pattern_matches(&key, &topic_to_routing_key(topic))
                     && filter_sees(&sub.filter, topic)
                 {
-                    retained_out.push((topic.clone(), m.clone(), granted));
+                    retained_out.push((topic.to_string(), m.clone(), granted));
                 }
             }
         }
@@ -929,7 +1072,7 @@ impl Session {
         if !self.may_subscribe_via(&format!("mqtt-shared-{group}")) {
             return Err(ReasonCode::NOT_AUTHORIZED);
         }
-        let v = vhost(&self.broker);
+        let v = self.vhost.clone();
         let options = QueueOptions {
             durable: false,
             exclusive: false,
@@ -962,7 +1105,7 @@ impl Session {
     }
 
     fn unsubscribe(&mut self, u: Unsubscribe, out: &mut Vec<Packet>) -> End {
-        let v = vhost(&self.broker);
+        let v = self.vhost.clone();
         let mut codes = Vec::new();
         for f in u.filters {
             if let Some((q, tag)) = self.shared.remove(&f) {
@@ -1206,6 +1349,8 @@ impl Session {
         );
         Some(PendingWill {
             user: self.user.clone(),
+            client_id: self.client_id.clone(),
+            vhost: self.vhost.clone(),
             message,
             topic,
             retain: w.retain,
@@ -1228,7 +1373,7 @@ impl Session {
         if let Some(sink) = &self.sink {
             sink.live.store(false, Ordering::Release);
         }
-        let v = vhost(&self.broker);
+        let v = self.vhost.clone();
         for (_, (q, tag)) in self.shared.drain() {
             v.cancel_consumer(&q, self.id, 0, &tag);
         }
@@ -1245,11 +1390,11 @@ impl Session {
                 incoming_qos2: std::mem::take(&mut self.incoming_qos2),
                 pubrel_pending: std::mem::take(&mut self.pubrel_pending),
             };
-            self.stored.store(&self.broker, &self.client_id, state);
+            self.stored.store(&self.broker, &self.session_key, state);
         }
         if !keep && !self.client_id.is_empty() {
             // A session that ends with its connection leaves nothing behind.
-            self.stored.forget(&self.broker, &self.client_id);
+            self.stored.forget(&self.broker, &self.session_key);
         }
         if let Some(q) = self.queue.take() {
             if keep {
@@ -1314,8 +1459,9 @@ fn publish_qos(m: &Message) -> QoS {
 /// Retained messages by topic, shared by every MQTT connection.
 pub type RetainedMap = Arc<parking_lot::Mutex<HashMap<String, Arc<Message>>>>;
 
-/// Sets (or, with None, clears) the retained message of a topic, in memory
-/// and in the store, so retained messages survive a restart.
+/// Sets (or, with None, clears) the retained message of a topic (its
+/// [`scoped`] key), in memory and in the store, so retained messages
+/// survive a restart.
 pub fn set_retained(
     broker: &Broker,
     retained: &RetainedMap,
@@ -1345,8 +1491,7 @@ pub fn set_retained(
 }
 
 /// Routes an MQTT-originated message through `amq.topic`.
-pub fn route(broker: &Broker, message: &Arc<Message>) {
-    let v = vhost(broker);
+pub fn route(v: &VHost, message: &Arc<Message>) {
     let mut routed = tributary_core::Routed::default();
     if v.route(
         TOPIC_EXCHANGE,
@@ -1365,6 +1510,10 @@ pub struct PendingWill {
     /// Who connected with it: the will is published only if they may write
     /// to `amq.topic` when it goes.
     pub user: String,
+    /// Its client id (for `%c` in topic permissions).
+    pub client_id: String,
+    /// The vhost it goes to.
+    pub vhost: Arc<VHost>,
     /// The message.
     pub message: Arc<Message>,
     /// Its topic.
@@ -1378,14 +1527,29 @@ pub struct PendingWill {
 impl PendingWill {
     /// Publishes the will now, if its user may (write on `amq.topic`).
     pub fn publish(self, broker: &Broker, retained: &RetainedMap, users: &UserDb) {
-        if !users.check(&self.user, DEFAULT_VHOST, Access::Write, TOPIC_EXCHANGE) {
+        let vhost = self.vhost.name();
+        let context = crate::users::TopicContext {
+            username: &self.user,
+            vhost,
+            client_id: &self.client_id,
+        };
+        if !users.check(&self.user, vhost, Access::Write, TOPIC_EXCHANGE)
+            || !users.check_topic(
+                &self.user,
+                TOPIC_EXCHANGE,
+                Access::Write,
+                &topic_to_routing_key(&self.topic),
+                &context,
+            )
+        {
             tracing::warn!(user = %self.user, topic = %self.topic, "MQTT will not published: no write access to exchange 'amq.topic'");
             return;
         }
         if self.retain {
-            set_retained(broker, retained, &self.topic, Some(self.message.clone()));
+            let key = scoped(vhost, &self.topic);
+            set_retained(broker, retained, &key, Some(self.message.clone()));
         }
-        route(broker, &self.message);
+        route(&self.vhost, &self.message);
     }
 }
 

@@ -35,18 +35,20 @@ pub async fn run(ctx: Arc<MqttContext>) {
 /// Removes sessions whose v5 Session Expiry Interval has run out while
 /// their client was away: their queue (with its messages) and state.
 fn remove_expired(ctx: &MqttContext) {
-    for client_id in ctx.sessions.expired(tributary_core::args::now_ms()) {
-        if ctx.registry.is_connected(&client_id) {
+    for key in ctx.sessions.expired(tributary_core::args::now_ms()) {
+        if ctx.registry.is_connected(&key) {
             continue;
         }
         // The state goes first: once the queue is gone, nothing of the
         // session may be found by a client that connects at that moment.
-        ctx.sessions.forget(&ctx.broker, &client_id);
-        let vhost = ctx.broker.default_vhost();
-        if let Ok(queue) = vhost.queue(&super::session::persistent_queue_name(&client_id), 0) {
+        ctx.sessions.forget(&ctx.broker, &key);
+        let (vhost_name, client_id) = super::session::unscope(&key);
+        if let Some(vhost) = ctx.broker.vhost(vhost_name)
+            && let Ok(queue) = vhost.queue(&super::session::persistent_queue_name(client_id), 0)
+        {
             vhost.remove_queue(&queue);
         }
-        tracing::info!(client_id, "MQTT session expired");
+        tracing::info!(client_id, vhost = vhost_name, "MQTT session expired");
     }
 }
 
@@ -88,6 +90,6 @@ fn publish_all(ctx: &MqttContext, started: Instant) {
         ctx.retained
             .lock()
             .insert(topic.to_string(), message.clone());
-        route(&ctx.broker, &message);
+        route(ctx.broker.default_vhost(), &message);
     }
 }

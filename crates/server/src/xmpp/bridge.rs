@@ -124,7 +124,8 @@ struct Subscription {
 
 /// The bridge's state: its queues and the pubsub subscriptions.
 pub struct Bridge {
-    broker: Arc<Broker>,
+    /// The XMPP domain's vhost (`[xmpp] vhost`), where the bridge routes.
+    vhost: Arc<tributary_core::VHost>,
     store: Arc<Store>,
     users: Arc<crate::users::UserDb>,
     /// `bridge.<domain>`: direct messages to and from the core.
@@ -147,13 +148,14 @@ impl Bridge {
         broker: Arc<Broker>,
         store: Arc<Store>,
         users: Arc<crate::users::UserDb>,
+        vhost: Arc<tributary_core::VHost>,
         domain: &str,
         exchange: &str,
     ) -> anyhow::Result<(Arc<Self>, mpsc::UnboundedReceiver<Inbound>)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let bridge = Arc::new(Bridge {
             conn: broker.next_connection_id(),
-            broker,
+            vhost,
             store,
             users,
             direct_domain: format!("bridge.{domain}"),
@@ -165,7 +167,7 @@ impl Bridge {
             subscriptions: Mutex::new(HashMap::new()),
             next_item: AtomicU64::new(1),
         });
-        let vhost = bridge.broker.default_vhost().clone();
+        let vhost = bridge.vhost.clone();
         vhost
             .declare_exchange(exchange, "topic", false, |kind| {
                 tributary_core::exchange::ExchangeOptions {
@@ -232,7 +234,7 @@ impl Bridge {
     }
 
     fn subscribe_core(&self, jid: &str, node: &str, subid: &str) -> anyhow::Result<()> {
-        let vhost = self.broker.default_vhost().clone();
+        let vhost = self.vhost.clone();
         let name = format!("xmpp-pubsub-{subid}");
         let queue = vhost
             .declare_queue(
@@ -282,7 +284,7 @@ impl Bridge {
         let from = stanza.attr("from").unwrap_or("");
         let user = from.split(['@', '/']).next().unwrap_or("");
         self.users
-            .check(user, crate::users::DEFAULT_VHOST, access, TOPIC_EXCHANGE)
+            .check(user, self.vhost.name(), access, TOPIC_EXCHANGE)
     }
 
     /// A stanza from a local user to a bridge domain; returns the replies
@@ -362,7 +364,7 @@ impl Bridge {
             properties,
             body,
         );
-        let vhost = self.broker.default_vhost();
+        let vhost = &self.vhost;
         let mut routed = tributary_core::Routed::default();
         if vhost
             .route(
@@ -487,7 +489,7 @@ impl Bridge {
         let Some(sub) = self.subscriptions.lock().remove(&key) else {
             return pubsub_error(iq, "cancel", "unexpected-request", Some("not-subscribed"));
         };
-        let vhost = self.broker.default_vhost();
+        let vhost = &self.vhost;
         vhost.remove_queue(&sub.queue);
         if let Err(e) = self
             .store

@@ -8,8 +8,8 @@
 
 pub mod bridge;
 pub mod session;
-pub mod tls;
 pub mod transport;
+pub mod upload;
 
 use crate::config::XmppConfig;
 use crate::users::UserDb;
@@ -45,6 +45,8 @@ pub struct XmppLimits {
     pub stanza_burst: u32,
     /// Bytes of stanzas a session's mailbox may hold.
     pub max_buffered_bytes: usize,
+    /// `[auth] failure_delay_ms`: wait before a SASL failure is sent.
+    pub auth_failure_delay: Duration,
 }
 
 /// What the rest of the server sends to a session's task.
@@ -191,7 +193,7 @@ pub struct XmppContext {
     /// Data directory (registration writes the user database there).
     pub data_dir: PathBuf,
     /// TLS, if a certificate could be set up.
-    pub tls: Option<tls::TlsSetup>,
+    pub tls: Option<crate::tls::TlsSetup>,
     /// Stops every session on shutdown.
     pub shutdown: CancellationToken,
     /// Random per-process secret for fake SCRAM salts.
@@ -204,6 +206,7 @@ pub struct XmppContext {
     resumable: Mutex<HashMap<String, (SessionId, String)>>,
     next_session: AtomicU64,
     bridge: std::sync::OnceLock<Arc<bridge::Bridge>>,
+    upload: Option<Arc<upload::Upload>>,
 }
 
 struct UserAccounts<'a>(&'a UserDb);
@@ -222,7 +225,7 @@ impl XmppContext {
         users: Arc<UserDb>,
         store: Arc<Store>,
         data_dir: PathBuf,
-        tls: Option<tls::TlsSetup>,
+        tls: Option<crate::tls::TlsSetup>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let mut hub = Hub::new(HubConfig {
@@ -237,8 +240,25 @@ impl XmppContext {
                 ]
             } else {
                 Vec::new()
-            },
+            }
+            .into_iter()
+            .chain(config.upload_jid())
+            .collect(),
+            pubsub_domain: config.pubsub_jid(),
+            disco_services: config.upload_jid().into_iter().collect(),
+            muc_domain: config.muc_jid(),
+            mam_max_messages: config.mam_max_messages,
         });
+        let upload = match config.upload_jid() {
+            Some(domain) => Some(Arc::new(upload::Upload::open(
+                domain,
+                &data_dir,
+                config.upload_max_file_size,
+                config.upload_quota_per_user,
+                config.upload_url.clone(),
+            )?)),
+            None => None,
+        };
         for table in Hub::TABLES {
             let rows = store.meta_list(table)?;
             hub.restore(table, rows)?;
@@ -260,6 +280,7 @@ impl XmppContext {
             resumable: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             bridge: std::sync::OnceLock::new(),
+            upload,
         })
     }
 
@@ -288,6 +309,7 @@ impl XmppContext {
     /// Hands stanzas for the bridge over, and their replies back to the
     /// senders; called without the hub locked.
     fn run_bridge(&self, bridged: Vec<(SessionId, Element)>) {
+        let bridged = self.run_upload(bridged);
         let Some(bridge) = self.bridge() else { return };
         for (session, stanza) in bridged {
             for reply in bridge.handle_xmpp(&stanza) {

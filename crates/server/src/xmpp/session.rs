@@ -27,8 +27,6 @@ use tributary_xmpp::hub::SessionId;
 use tributary_xmpp::ns;
 use tributary_xmpp_xml::{Element, Limits};
 
-/// Time allowed for a TLS handshake.
-const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Mailbox messages handled per wake-up before flushing.
 const DELIVERY_BATCH: usize = 64;
 /// Presence updates held for an inactive client (XEP-0352) before they are
@@ -75,6 +73,8 @@ struct Link {
     handshake_deadline: tokio::time::Instant,
     /// Paces the client's stanzas (`None`: no limit).
     rate: Option<TokenBucket>,
+    /// Its entry in the connection registry while its transport is up.
+    reg: Option<crate::registry::Registration>,
 }
 
 struct Auth<'a> {
@@ -103,6 +103,10 @@ impl Authenticator for Auth<'_> {
             tracing::warn!(error = %e, username, "cannot add SCRAM keys to the account");
         }
         true
+    }
+
+    fn check_external(&self, username: &str) -> bool {
+        self.users.exists(username) && self.users.may_connect_from(username, self.peer)
     }
 
     fn secret(&self) -> &[u8] {
@@ -135,47 +139,61 @@ fn c2s_config(ctx: &XmppContext, peer: IpAddr, secure: bool, framed: bool) -> C2
 pub async fn run_tcp(stream: TcpStream, peer: SocketAddr, ctx: Arc<XmppContext>, direct_tls: bool) {
     let _ = stream.set_nodelay(true);
     let mut link = Link::new(peer.ip(), &ctx);
+    let local = stream.local_addr().ok();
+    let transport = crate::registry::Transport {
+        local,
+        tls: direct_tls,
+        websocket: false,
+    };
+    link.register(&ctx, peer, transport);
     if direct_tls {
         let Some(tls) = ctx.tls.clone() else { return };
-        let Ok(Ok(stream)) = tokio::time::timeout(TLS_TIMEOUT, tls.acceptor.accept(stream)).await
-        else {
+        let Ok(accepted) = Box::pin(tls.accept(stream)).await else {
             tracing::debug!(%peer, "XMPP TLS handshake failed");
             return;
         };
+        let stream = accepted.stream;
         let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), true, false));
-        conn.set_channel_bindings(tls.bindings(&stream));
+        conn.set_channel_bindings(accepted.bindings);
+        conn.set_peer_identity(accepted.peer_name);
         let mut transport = StreamTransport::new(stream);
         let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
-        finish(outcome, conn, link, &ctx).await;
+        Box::pin(finish(outcome, conn, link, &ctx)).await;
         return;
     }
     let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), false, false));
     let mut transport = StreamTransport::new(stream);
     let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
     if outcome != Outcome::StartTls {
-        finish(outcome, conn, link, &ctx).await;
+        Box::pin(finish(outcome, conn, link, &ctx)).await;
         return;
     }
     let Some(tls) = ctx.tls.clone() else { return };
     let stream = transport.into_inner();
-    let Ok(Ok(stream)) = tokio::time::timeout(TLS_TIMEOUT, tls.acceptor.accept(stream)).await
-    else {
+    let Ok(accepted) = Box::pin(tls.accept(stream)).await else {
         tracing::debug!(%peer, "XMPP STARTTLS handshake failed");
         return;
     };
-    conn.tls_established(tls.bindings(&stream));
+    let stream = accepted.stream;
+    conn.tls_established(accepted.bindings);
+    conn.set_peer_identity(accepted.peer_name);
+    if let Some(reg) = &link.reg {
+        reg.set_tls();
+    }
     let mut transport = StreamTransport::new(stream);
     let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
-    finish(outcome, conn, link, &ctx).await;
+    Box::pin(finish(outcome, conn, link, &ctx)).await;
 }
 
 /// Serves one WebSocket connection (RFC 7395).
 pub async fn run_ws(socket: WebSocket, peer: SocketAddr, ctx: Arc<XmppContext>) {
     let mut link = Link::new(peer.ip(), &ctx);
+    let transport = crate::registry::Transport::current().unwrap_or_default();
+    link.register(&ctx, peer, transport);
     let mut conn = Connection::new(c2s_config(&ctx, peer.ip(), false, true));
     let mut transport = WsTransport::new(socket);
     let outcome = pump(&mut transport, &mut conn, &mut link, &ctx).await;
-    finish(outcome, conn, link, &ctx).await;
+    Box::pin(finish(outcome, conn, link, &ctx)).await;
 }
 
 impl Link {
@@ -204,13 +222,21 @@ impl Link {
                 limits.stanza_burst,
                 std::time::Instant::now(),
             ),
+            reg: None,
         }
+    }
+
+    /// Joins the connection registry.
+    fn register(&mut self, ctx: &XmppContext, peer: SocketAddr, t: crate::registry::Transport) {
+        let registry = ctx.limits.connections.registry();
+        self.reg = Some(registry.register(crate::registry::Protocol::Xmpp, peer, Some(t)));
     }
 
     /// Gives back this connection's places (its transport has ended).
     fn release_places(&mut self) {
         self.slot = None;
         self.user_slot = None;
+        self.reg = None;
     }
 
     /// Refuses the connection for a limit: a stream error, and nothing it
@@ -229,6 +255,14 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
     }
 }
 
+/// Completes when an operator asked to close the connection.
+async fn close_requested(reg: &Option<crate::registry::Registration>) {
+    match reg {
+        Some(reg) => reg.close_requested().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv(mailbox: &mut Option<MailboxReceiver>) -> Option<SessionMsg> {
     match mailbox {
         Some(rx) => rx.recv().await,
@@ -242,7 +276,10 @@ async fn pump<T: Transport>(
     link: &mut Link,
     ctx: &XmppContext,
 ) -> Outcome {
-    let outcome = pump_transport(transport, conn, link, ctx).await;
+    // Boxed, as every wait of a connection but its main loop's: a
+    // connection's futures then take the memory of the state they are in,
+    // not that of the largest one (memory per idle connection).
+    let outcome = Box::pin(pump_transport(transport, conn, link, ctx)).await;
     if outcome != Outcome::StartTls {
         link.release_places();
     }
@@ -285,6 +322,13 @@ async fn pump_transport<T: Transport>(
                     link.refuse(conn, "resource-constraint", &refusal);
                 } else {
                     let auth = Auth { users: &ctx.users, secret: &ctx.secret, peer: link.peer };
+                    if let Some(reg) = &link.reg {
+                        match &incoming {
+                            Incoming::Data(data) => reg.counters.read(data.len()),
+                            Incoming::Message(message) => reg.counters.read(message.len()),
+                            Incoming::Closed => {}
+                        }
+                    }
                     match incoming {
                         Incoming::Data(data) => {
                             pending.extend_from_slice(&data);
@@ -305,17 +349,22 @@ async fn pump_transport<T: Transport>(
                 let mut next = msg;
                 for taken in 1..=DELIVERY_BATCH {
                     match next {
-                        Some(SessionMsg::Deliver(stanza)) => deliver(conn, link, stanza),
+                        Some(SessionMsg::Deliver(stanza)) => {
+                            if let Some(reg) = &link.reg {
+                                reg.counters.message_out();
+                            }
+                            deliver(conn, link, stanza)
+                        }
                         Some(SessionMsg::Close(condition, text)) => {
                             conn.close_with_error(condition, text.as_deref());
                             break;
                         }
                         Some(SessionMsg::TakeOver(reply)) => {
                             hand_over(conn, link, reply);
-                            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+                            let _ = Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
                                 let _ = transport.write(drain(conn)).await;
                                 transport.shutdown().await;
-                            })
+                            }))
                             .await;
                             return Outcome::TakenOver;
                         }
@@ -341,6 +390,10 @@ async fn pump_transport<T: Transport>(
             _ = link.kill.cancelled() => {
                 conn.close_with_error("policy-violation", Some("the client does not read"));
             }
+            _ = close_requested(&link.reg) => {
+                let reason = link.reg.as_ref().map(|r| r.close_reason());
+                conn.close_with_error("policy-violation", reason.as_deref());
+            }
         }
         let mut upgrade = false;
         loop {
@@ -361,15 +414,26 @@ async fn pump_transport<T: Transport>(
                                 continue;
                             }
                         }
+                        if let Some(reg) = &link.reg {
+                            reg.set_user(&username);
+                            reg.set_vhost(crate::users::DEFAULT_VHOST);
+                        }
                         link.username = Some(username);
                     }
                     Event::AuthFailed => {
+                        tracing::warn!(peer = %link.peer, "XMPP login refused");
                         // Slow down password guessing before the failure is sent.
-                        let _ = transport.write(Vec::new()).await;
-                        tokio::time::sleep(Duration::from_millis(700)).await;
+                        Box::pin(async {
+                            let _ = transport.write(Vec::new()).await;
+                            tokio::time::sleep(ctx.limits.auth_failure_delay).await;
+                        })
+                        .await;
                     }
                     Event::Bind { id, resource } => bind(conn, link, ctx, &id, resource),
                     Event::Stanza(stanza) => {
+                        if let Some(reg) = &link.reg {
+                            reg.counters.message_in();
+                        }
                         if let Some(rate) = link.rate.as_mut() {
                             rate.take(1, std::time::Instant::now());
                         }
@@ -377,7 +441,9 @@ async fn pump_transport<T: Transport>(
                             congested.extend(ctx.handle_stanza(session, stanza));
                         }
                     }
-                    Event::Resume { previd, h } => resume(conn, link, ctx, &previd, h).await,
+                    Event::Resume { previd, h } => {
+                        Box::pin(resume(conn, link, ctx, &previd, h)).await
+                    }
                     Event::Active(active) => {
                         link.active = active;
                         if active {
@@ -423,6 +489,9 @@ async fn pump_transport<T: Transport>(
             break;
         }
         let chunks = drain(conn);
+        if let Some(reg) = &link.reg {
+            reg.counters.wrote(chunks.iter().map(Vec::len).sum());
+        }
         let written = tokio::select! {
             biased;
             r = transport.write(chunks) => r.is_ok(),
@@ -444,7 +513,7 @@ async fn pump_transport<T: Transport>(
         if conn.is_closed() {
             // Its places are free before the client sees the end of the stream.
             link.release_places();
-            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, transport.shutdown()).await;
+            let _ = Box::pin(tokio::time::timeout(SHUTDOWN_TIMEOUT, transport.shutdown())).await;
             return Outcome::Closed;
         }
     }
@@ -523,6 +592,9 @@ fn bind(
             tracing::debug!(%jid, session, "XMPP resource bound");
             link.session = Some(session);
             link.mailbox = Some(rx);
+            if let Some(reg) = &link.reg {
+                reg.set_client(&jid.to_string());
+            }
             conn.bound(id, Ok(jid));
         }
         Err(error) => conn.bound(id, Err(error)),

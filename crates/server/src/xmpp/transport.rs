@@ -5,10 +5,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use std::future::Future;
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// Bytes read from the socket at once.
-const READ_CHUNK: usize = 16 * 1024;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// What a read produced.
 pub enum Incoming {
@@ -31,19 +28,17 @@ pub trait Transport: Send {
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// A byte-stream carrier (TCP or TLS).
+/// A byte-stream carrier (TCP or TLS). It holds no read buffer: reads go
+/// through the thread's scratch buffer ([`crate::readbuf`]), so an idle
+/// connection costs none.
 pub struct StreamTransport<S> {
     io: S,
-    buf: Vec<u8>,
 }
 
 impl<S> StreamTransport<S> {
     /// Wraps a stream.
     pub fn new(io: S) -> Self {
-        StreamTransport {
-            io,
-            buf: vec![0; READ_CHUNK],
-        }
+        StreamTransport { io }
     }
 
     /// The stream back, for a STARTTLS upgrade.
@@ -54,9 +49,9 @@ impl<S> StreamTransport<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
     async fn read(&mut self) -> Incoming {
-        match self.io.read(&mut self.buf).await {
-            Ok(0) | Err(_) => Incoming::Closed,
-            Ok(n) => Incoming::Data(self.buf[..n].to_vec()),
+        match crate::readbuf::read_vec(&mut self.io).await {
+            Ok(data) if !data.is_empty() => Incoming::Data(data),
+            Ok(_) | Err(_) => Incoming::Closed,
         }
     }
 

@@ -126,6 +126,8 @@ pub struct Connection {
     phase: Phase,
     secure: bool,
     bindings: ChannelBindings,
+    /// The user name of the client's verified TLS certificate (SASL EXTERNAL).
+    peer_identity: Option<String>,
     username: Option<String>,
     jid: Option<FullJid>,
     sm: Option<SmState>,
@@ -155,6 +157,7 @@ impl Connection {
             state: State::AwaitHeader,
             phase: Phase::Initial,
             bindings: ChannelBindings::default(),
+            peer_identity: None,
             username: None,
             jid: None,
             sm: None,
@@ -171,6 +174,12 @@ impl Connection {
     /// Channel-binding data of an already secure transport (direct TLS).
     pub fn set_channel_bindings(&mut self, bindings: ChannelBindings) {
         self.bindings = bindings;
+    }
+
+    /// The user name of a verified TLS client certificate, set after the
+    /// handshake: SASL EXTERNAL (XEP-0178) is then offered, first.
+    pub fn set_peer_identity(&mut self, identity: Option<String>) {
+        self.peer_identity = identity;
     }
 
     /// The authenticated account, once SASL succeeded.
@@ -523,6 +532,9 @@ impl Connection {
 
     fn mechanisms(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
+        if self.secure && self.peer_identity.is_some() {
+            names.push("EXTERNAL");
+        }
         if !self.bindings.types().is_empty() {
             names.push("SCRAM-SHA-256-PLUS");
             names.push("SCRAM-SHA-1-PLUS");
@@ -604,13 +616,33 @@ impl Connection {
             self.sasl_failure("invalid-mechanism");
             return;
         }
-        match SaslStep::start(mechanism, &self.bindings, &element.text(), auth) {
+        let identity = self.external_identity();
+        match SaslStep::start(
+            mechanism,
+            &self.bindings,
+            identity.as_deref(),
+            &element.text(),
+            auth,
+        ) {
             SaslOutcome::Challenge(step, challenge) => {
                 self.write_element(&Element::new("challenge", ns::SASL).with_text(challenge));
                 self.state = State::Sasl(Box::new(step));
             }
             SaslOutcome::Success(username, additional) => self.sasl_success(username, additional),
             SaslOutcome::Failure(condition) => self.sasl_failure(condition),
+        }
+    }
+
+    /// The account a verified client certificate names: its name, or the
+    /// local part of a JID on this domain (XEP-0178).
+    fn external_identity(&self) -> Option<String> {
+        let name = self.peer_identity.as_deref()?;
+        match name.split_once('@') {
+            Some((local, domain)) if domain.eq_ignore_ascii_case(&self.config.domain) => {
+                Some(local.to_owned())
+            }
+            Some(_) => None,
+            None => Some(name.to_owned()),
         }
     }
 

@@ -3,7 +3,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use tributary_sasl::{ChannelBindings, ScramCredentials, ScramHash, ScramServer, parse_plain};
+use tributary_sasl::{
+    ChannelBindings, ScramCredentials, ScramHash, ScramServer, parse_external, parse_plain,
+};
 
 /// The account lookups SASL needs; the server implements it over its user
 /// database.
@@ -12,6 +14,11 @@ pub trait Authenticator {
     fn scram_credentials(&self, username: &str, hash: ScramHash) -> Option<ScramCredentials>;
     /// Checks a PLAIN password.
     fn check_plain(&self, username: &str, password: &str) -> bool;
+    /// Whether the account a verified client certificate names may log in
+    /// with SASL EXTERNAL (it exists; no password is checked).
+    fn check_external(&self, _username: &str) -> bool {
+        false
+    }
     /// A server secret for fake SCRAM salts of unknown users, so a login
     /// attempt does not reveal whether an account exists.
     fn secret(&self) -> &[u8];
@@ -27,6 +34,8 @@ pub(crate) enum SaslStep {
     },
     /// PLAIN without an initial response.
     AwaitPlain,
+    /// EXTERNAL without an initial response; the certificate's account.
+    AwaitExternal(Option<String>),
     /// Server-first sent; waiting for client-final.
     Scram {
         server: Box<ScramServer>,
@@ -55,10 +64,22 @@ impl SaslStep {
     pub(crate) fn start(
         mechanism: &str,
         bindings: &ChannelBindings,
+        identity: Option<&str>,
         initial: &str,
         auth: &dyn Authenticator,
     ) -> SaslOutcome {
         let (hash, plus) = match mechanism {
+            "EXTERNAL" if initial.trim().is_empty() => {
+                // No initial response (not even "="): an empty challenge asks for it.
+                let identity = identity.map(str::to_owned);
+                return SaslOutcome::Challenge(SaslStep::AwaitExternal(identity), String::new());
+            }
+            "EXTERNAL" => {
+                return match decode(initial) {
+                    Ok(data) => external(&data, identity, auth),
+                    Err(condition) => SaslOutcome::Failure(condition),
+                };
+            }
             "PLAIN" => {
                 return match decode(initial) {
                     Ok(data) if data.is_empty() => {
@@ -101,6 +122,7 @@ impl SaslStep {
                 bindings,
             } => scram_first(hash, plus, bindings, &data, auth),
             SaslStep::AwaitPlain => plain(&data, auth),
+            SaslStep::AwaitExternal(identity) => external(&data, identity.as_deref(), auth),
             SaslStep::Scram {
                 mut server,
                 username,
@@ -167,6 +189,25 @@ fn plain(data: &[u8], auth: &dyn Authenticator) -> SaslOutcome {
     }
     if auth.check_plain(&message.username, &message.password) {
         SaslOutcome::Success(message.username, None)
+    } else {
+        SaslOutcome::Failure("not-authorized")
+    }
+}
+
+fn external(data: &[u8], identity: Option<&str>, auth: &dyn Authenticator) -> SaslOutcome {
+    let external = match parse_external(data, identity) {
+        Ok(external) => external,
+        Err(error) => return SaslOutcome::Failure(error.condition()),
+    };
+    if external
+        .authzid
+        .as_deref()
+        .is_some_and(|authzid| !authzid_matches(authzid, &external.identity))
+    {
+        return SaslOutcome::Failure("invalid-authzid");
+    }
+    if auth.check_external(&external.identity) {
+        SaslOutcome::Success(external.identity, None)
     } else {
         SaslOutcome::Failure("not-authorized")
     }

@@ -16,6 +16,9 @@ impl Authenticator for Users {
     fn check_plain(&self, username: &str, password: &str) -> bool {
         username == "alice" && password == "secret"
     }
+    fn check_external(&self, username: &str) -> bool {
+        username == "alice"
+    }
     fn secret(&self) -> &[u8] {
         b"server secret"
     }
@@ -479,4 +482,83 @@ fn an_answer_after_the_stream_closed_does_not_revive_it() {
     conn.bound("b1", Ok("alice@localhost/r".parse().expect("jid")));
     assert!(conn.is_closed());
     assert_eq!(output(&mut conn), "");
+}
+
+fn external_connection(identity: Option<&str>, secure: bool) -> Connection {
+    let mut conn = Connection::new(C2sConfig {
+        secure,
+        starttls_offered: !secure,
+        ..config()
+    });
+    conn.set_peer_identity(identity.map(str::to_owned));
+    conn
+}
+
+const EXTERNAL_AUTH: &str = "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>";
+
+#[test]
+fn external_is_offered_only_with_a_verified_certificate_over_tls() {
+    let out = feed(&mut external_connection(Some("alice"), true), HEADER);
+    assert!(
+        out.contains("<mechanism>EXTERNAL</mechanism><mechanism>SCRAM"),
+        "{out}"
+    );
+    for mut conn in [
+        external_connection(None, true),
+        external_connection(Some("alice"), false),
+    ] {
+        let out = feed(&mut conn, HEADER);
+        assert!(!out.contains("EXTERNAL"), "{out}");
+        let out = feed(&mut conn, &format!("{EXTERNAL_AUTH}=</auth>"));
+        assert!(out.contains("<invalid-mechanism/>"), "{out}");
+    }
+}
+
+#[test]
+fn external_logs_in_as_the_certificate_account() {
+    // "=": an empty initial response, the certificate's identity.
+    let mut conn = external_connection(Some("alice"), true);
+    feed(&mut conn, HEADER);
+    let out = feed(&mut conn, &format!("{EXTERNAL_AUTH}=</auth>"));
+    assert!(out.contains("<success"), "{out}");
+    assert_eq!(
+        events(&mut conn),
+        vec![Event::Authenticated {
+            username: "alice".into()
+        }]
+    );
+    // No initial response: an empty challenge, then the authzid (a JID on this domain).
+    let mut conn = external_connection(Some("alice@localhost"), true);
+    feed(&mut conn, HEADER);
+    let out = feed(&mut conn, &format!("{EXTERNAL_AUTH}</auth>"));
+    assert!(out.contains("<challenge"), "{out}");
+    let out = feed(
+        &mut conn,
+        &format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            STANDARD.encode("alice@localhost")
+        ),
+    );
+    assert!(out.contains("<success"), "{out}");
+    assert_eq!(conn.username(), Some("alice"));
+}
+
+#[test]
+fn external_refuses_other_accounts() {
+    // An authzid that is not the certificate's account.
+    let mut conn = external_connection(Some("alice"), true);
+    feed(&mut conn, HEADER);
+    let out = feed(
+        &mut conn,
+        &format!("{EXTERNAL_AUTH}{}</auth>", STANDARD.encode("bob@localhost")),
+    );
+    assert!(out.contains("<invalid-authzid/>"), "{out}");
+    assert_eq!(events(&mut conn), vec![Event::AuthFailed]);
+    // A certificate for an unknown account, or for another domain.
+    for identity in ["mallory", "alice@elsewhere.example"] {
+        let mut conn = external_connection(Some(identity), true);
+        feed(&mut conn, HEADER);
+        let out = feed(&mut conn, &format!("{EXTERNAL_AUTH}=</auth>"));
+        assert!(out.contains("<not-authorized/>"), "{identity}: {out}");
+    }
 }

@@ -48,5 +48,7 @@ impl Hub {
                 key: bare.to_string(),
             });
         }
+        self.pubsub_forget_account(&bare, out);
+        self.mam_forget(&bare, out);
     }
 }

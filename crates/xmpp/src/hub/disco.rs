@@ -1,6 +1,7 @@
 //! Service discovery (XEP-0030) for the server and for accounts, and the
 //! software version (XEP-0092).
 
+use jid::{BareJid, Jid};
 use tributary_xmpp_xml::Element;
 
 use super::iq::result_for;
@@ -75,7 +76,11 @@ impl Hub {
             self.bounce(session, stanza, StanzaError::item_not_found(), out);
             return;
         }
-        let q = info("account", "registered", None, ACCOUNT_FEATURES);
+        let mut q = info("account", "registered", None, ACCOUNT_FEATURES);
+        Hub::pep_disco_info(&mut q);
+        if self.config.mam_max_messages > 0 {
+            q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::MAM));
+        }
         deliver(out, session, result_for(stanza).with_child(q));
     }
 
@@ -90,8 +95,35 @@ impl Hub {
         let mut q = Element::new("query", ns::DISCO_ITEMS);
         if let Some(node) = query.attr("node") {
             q.set_attr("node", node);
+        } else {
+            self.disco_items_list(stanza, &mut q);
         }
         deliver(out, session, result_for(stanza).with_child(q));
+    }
+
+    /// The items of the server (its services) or of an account (its PEP
+    /// nodes the requester may see).
+    fn disco_items_list(&self, stanza: &Element, q: &mut Element) {
+        let target = stanza.attr("to").and_then(|t| BareJid::new(t).ok());
+        match target.filter(|t| t.node().is_some()) {
+            Some(account) => {
+                let Some(requester) = stanza.attr("from").and_then(|f| Jid::new(f).ok()) else {
+                    return;
+                };
+                for item in self.pep_disco_items(&account, &requester.to_bare()) {
+                    q.push_child(item);
+                }
+            }
+            None => {
+                let services = self.pubsub.domain.iter().chain(&self.muc.domain);
+                let services = services.chain(&self.config.disco_services);
+                for jid in services {
+                    q.push_child(
+                        Element::new("item", ns::DISCO_ITEMS).with_attr("jid", jid.clone()),
+                    );
+                }
+            }
+        }
     }
 
     /// XEP-0092: name and version, no OS.

@@ -130,7 +130,11 @@ impl Hub {
                 }
             },
         };
-        // Results and errors addressed to the server or an account are dropped.
+        // Results and errors addressed to the server or an account are
+        // dropped, except answers to the capabilities queries of PEP.
+        if !request {
+            self.pep_iq_response(cx.session, &stanza, out);
+        }
         if request {
             self.server_iq(cx, scope, &stanza, out);
         }
@@ -175,6 +179,20 @@ impl Hub {
             (ns::BLOCKING, _) if own => self.blocking_iq(session, &cx.user, stanza, &payload, out),
             (ns::CARBONS, "enable" | "disable") if to_server || own => {
                 self.carbons_iq(session, stanza, &payload, out)
+            }
+            (ns::PUBSUB | ns::PUBSUB_OWNER, "pubsub") => match scope {
+                Scope::NoTo | Scope::OwnAccount => {
+                    self.pep_iq(cx, cx.user.clone(), stanza, &payload, out)
+                }
+                Scope::OtherAccount(ref bare) => {
+                    self.pep_iq(cx, bare.clone(), stanza, &payload, out)
+                }
+                Scope::Server => {
+                    self.bounce(session, stanza, StanzaError::service_unavailable(), out)
+                }
+            },
+            (ns::MAM, "query" | "prefs") if own => {
+                self.mam_iq(session, &cx.user, stanza, &payload, out)
             }
             (ns::VCARD, "vCard") => match scope {
                 Scope::NoTo | Scope::OwnAccount => {

@@ -93,6 +93,7 @@ impl Hub {
                     self.bounce(cx.session, &stanza, StanzaError::service_unavailable(), out);
                     return;
                 }
+                let stanza = self.archive_chat(&cx.user, &bare, stanza, cx.now, out);
                 let copy = carbons::eligible(&stanza, MsgType::of(&stanza));
                 let routing = Routing {
                     sender_session: Some(cx.session),

@@ -27,6 +27,7 @@
 //! | `xmpp_offline` | `<bare JID>/<sequence, 20 digits>` | `{"stanza":tokens}` (the message with its `<delay/>`) |
 //! | `xmpp_vcard` | bare JID | tokens of the `<vCard/>` element |
 //! | `xmpp_blocklist` | bare JID | `["jid", ...]` |
+//! | `xmpp_pubsub_node`, `xmpp_pubsub_item` | service JID, node (and item id) | see `pubsub::store` |
 //!
 //! Offline sequence numbers are global and continue after a restore.
 //!
@@ -69,10 +70,13 @@ mod carbons;
 mod disco;
 mod errors;
 mod iq;
+mod mam;
 mod message;
+mod muc;
 mod offline;
 mod persist;
 mod presence;
+mod pubsub;
 mod roster;
 mod sessions;
 mod subscription;
@@ -111,18 +115,36 @@ pub struct HubConfig {
     /// the other protocols): messages and IQs addressed to them come out as
     /// [`Output::Bridge`].
     pub bridge_domains: Vec<String>,
+    /// The publish-subscribe service (XEP-0060), `pubsub.<domain>` by
+    /// default; `None` disables it (PEP on accounts stays).
+    pub pubsub_domain: Option<String>,
+    /// Other services listed in the server's disco#items (XEP-0030), such
+    /// as the IO layer's `upload.<domain>`.
+    pub disco_services: Vec<String>,
+    /// The Multi-User Chat service (XEP-0045), `conference.<domain>` by
+    /// default; `None` disables it.
+    pub muc_domain: Option<String>,
+    /// Messages kept per archive (XEP-0313): each account's one-to-one
+    /// messages and each room's; the oldest go first. 0 (the default
+    /// here; the server sets its own) turns archiving off.
+    pub mam_max_messages: usize,
 }
 
 impl HubConfig {
     /// Defaults for a domain: this crate's name and version, 1000 offline
     /// messages per user.
     pub fn new(domain: impl Into<String>) -> Self {
+        let domain = domain.into();
         HubConfig {
-            domain: domain.into(),
+            domain: domain.clone(),
             software_name: "Tributary".to_string(),
             software_version: env!("CARGO_PKG_VERSION").to_string(),
             max_offline_per_user: 1000,
             bridge_domains: Vec::new(),
+            pubsub_domain: Some(format!("pubsub.{domain}")),
+            disco_services: Vec::new(),
+            muc_domain: Some(format!("conference.{domain}")),
+            mam_max_messages: 0,
         }
     }
 }
@@ -208,6 +230,12 @@ pub struct Hub {
     next_push_id: u64,
     resource_seed: RandomState,
     resource_counter: u64,
+    /// Publish-subscribe and PEP (XEP-0060, XEP-0163).
+    pubsub: pubsub::PubSub,
+    /// Multi-User Chat rooms (XEP-0045).
+    muc: muc::Muc,
+    /// Message archives (XEP-0313).
+    mam: mam::Mam,
 }
 
 /// Who sent the stanza being handled, and the call's environment.
@@ -232,6 +260,11 @@ impl Hub {
         persist::OFFLINE_TABLE,
         persist::VCARD_TABLE,
         persist::BLOCKLIST_TABLE,
+        pubsub::store::NODE_TABLE,
+        pubsub::store::ITEM_TABLE,
+        muc::ROOM_TABLE,
+        mam::ARCHIVE_TABLE,
+        mam::PREFS_TABLE,
     ];
 
     /// Subscription pre-approval (RFC 6121 §3.4) is supported, so the c2s
@@ -245,6 +278,12 @@ impl Hub {
             _ => config.domain.clone(),
         };
         Hub {
+            pubsub: pubsub::PubSub::new(config.pubsub_domain.clone()),
+            muc: muc::Muc {
+                domain: config.muc_domain.as_deref().map(normalize_domain),
+                ..muc::Muc::default()
+            },
+            mam: mam::Mam::default(),
             config,
             domain,
             sessions: HashMap::new(),
@@ -263,6 +302,14 @@ impl Hub {
 
     /// Restores one table's rows at startup (before any session binds).
     pub fn restore(&mut self, table: &str, rows: Vec<(String, Vec<u8>)>) -> Result<(), HubError> {
+        if matches!(table, pubsub::store::NODE_TABLE | pubsub::store::ITEM_TABLE) {
+            return self.pubsub.restore(table, rows);
+        }
+        match table {
+            muc::ROOM_TABLE => return self.restore_rooms(rows),
+            mam::ARCHIVE_TABLE | mam::PREFS_TABLE => return self.restore_mam(table, rows),
+            _ => {}
+        }
         self.restore_table(table, rows)
     }
 
@@ -322,6 +369,12 @@ impl Hub {
             }
             return;
         }
+        if let Some(to) = &to
+            && self.is_muc_domain(to.domain().as_str())
+        {
+            self.muc_stanza(session, from, to.clone(), stanza, now_unix_ms, out);
+            return;
+        }
         let cx = Ctx {
             session,
             user: from.to_bare(),
@@ -329,6 +382,12 @@ impl Hub {
             accounts,
             now: now_unix_ms,
         };
+        if let Some(to) = &to
+            && self.is_pubsub_service(to)
+        {
+            self.pubsub_component_stanza(&cx, stanza, out);
+            return;
+        }
         match stanza.name.as_str() {
             "message" => self.message_from_client(&cx, to, stanza, out),
             "presence" => self.presence_from_client(&cx, to, stanza, out),
@@ -438,5 +497,13 @@ impl Hub {
         let id = format!("push{}", self.next_push_id);
         self.next_push_id += 1;
         id
+    }
+}
+
+/// A domain nameprepped when it is valid, as given otherwise.
+fn normalize_domain(domain: &str) -> String {
+    match BareJid::new(domain) {
+        Ok(jid) if jid.node().is_none() => jid.to_string(),
+        _ => domain.to_string(),
     }
 }

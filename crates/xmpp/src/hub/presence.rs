@@ -134,6 +134,7 @@ impl Hub {
         if priority >= 0 && (initial || was_negative) {
             self.flush_offline(session, &bare, out);
         }
+        self.pep_presence(session, &stanza, out);
     }
 
     /// Delivers the current presence of `owner`'s available resources (or
@@ -174,6 +175,7 @@ impl Hub {
         reflect: bool,
         out: &mut Vec<Output>,
     ) {
+        self.muc_session_gone(session, out);
         let Some(sess) = self.sessions.get_mut(&session) else {
             return;
         };

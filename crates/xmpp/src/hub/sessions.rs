@@ -108,6 +108,7 @@ impl Hub {
             return;
         };
         self.go_unavailable(session, None, false, out);
+        self.pubsub_unbind(session);
         self.sessions.remove(&session);
         if self.by_jid.get(&jid) == Some(&session) {
             self.by_jid.remove(&jid);

@@ -71,6 +71,8 @@ fn disco_info_of_an_account_and_items() {
         )
         .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO))
         .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_ITEMS));
+    let mut info = info;
+    crate::hub::Hub::pep_disco_info(&mut info);
     check(
         &out,
         vec![d(1, result("i2", &aa, Some(&bare("bob")), Some(info)))],
@@ -83,7 +85,13 @@ fn disco_info_of_an_account_and_items() {
         Some(Element::new("query", ns::DISCO_ITEMS)),
     );
     let out = h.send(1, q);
-    let items = Element::new("query", ns::DISCO_ITEMS);
+    let items = Element::new("query", ns::DISCO_ITEMS)
+        .with_child(
+            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", format!("pubsub.{DOMAIN}")),
+        )
+        .with_child(
+            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", format!("conference.{DOMAIN}")),
+        );
     check(
         &out,
         vec![d(1, result("i3", &aa, Some(DOMAIN), Some(items)))],
