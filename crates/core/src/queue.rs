@@ -257,7 +257,8 @@ pub struct QueueCounters {
 }
 
 /// Upper bounds (ms) of the [`DeliveryLatency`] buckets; a last one is +Inf.
-pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+pub const LATENCY_BUCKETS_MS: [u64; 12] =
+    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
 /// How long messages waited in queues between becoming ready (published,
 /// or requeued) and being handed to a consumer or `basic.get`: a cumulative

@@ -43,6 +43,15 @@ pub enum Refusal {
         /// The limit.
         limit: usize,
     },
+    /// The vhost's `max-connections` was reached.
+    Vhost {
+        /// The vhost.
+        vhost: String,
+        /// The user asking.
+        user: String,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl Refusal {
@@ -57,6 +66,9 @@ impl Refusal {
             Refusal::User { user, limit } => format!(
                 "NOT_ALLOWED - connection refused for user '{user}': user connection limit ({limit}) is reached"
             ),
+            Refusal::Vhost { vhost, user, limit } => format!(
+                "NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"
+            ),
         }
     }
 
@@ -66,6 +78,9 @@ impl Refusal {
             Refusal::Node(limit) => format!("connection limit ({limit}) reached"),
             Refusal::User { user, limit } => {
                 format!("connection limit for user '{user}' ({limit}) reached")
+            }
+            Refusal::Vhost { vhost, limit, .. } => {
+                format!("connection limit of vhost '{vhost}' ({limit}) reached")
             }
         }
     }
@@ -122,6 +137,36 @@ impl Limits {
     /// Whether there is a per-user limit at all.
     pub fn limits_users(&self) -> bool {
         self.max_per_user != 0
+    }
+
+    /// Checks the vhost's `max-connections` for a connection about to use
+    /// it; `already_counted` when the registry lists this connection in
+    /// the vhost already.
+    pub fn admit_vhost(
+        &self,
+        vhost: &str,
+        user: &str,
+        limit: Option<u64>,
+        already_counted: bool,
+    ) -> Result<(), Refusal> {
+        let Some(limit) = limit else {
+            return Ok(());
+        };
+        let open = self
+            .registry
+            .list()
+            .iter()
+            .filter(|c| c.vhost() == vhost)
+            .count() as u64;
+        let after = if already_counted { open } else { open + 1 };
+        if after > limit {
+            return Err(Refusal::Vhost {
+                vhost: vhost.into(),
+                user: user.into(),
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Admitted connections open now.

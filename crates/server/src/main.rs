@@ -87,8 +87,26 @@ enum VhostCommand {
         /// The vhost's name.
         name: String,
     },
-    /// List virtual hosts.
+    /// List virtual hosts with their limits.
     List,
+    /// Set a vhost's limits from JSON, as `rabbitmqctl set_vhost_limits`:
+    /// `{"max-connections": 100, "max-queues": 50, "max-sessions": 1000}`;
+    /// a negative value removes that limit.
+    #[command(name = "set_limits")]
+    SetLimits {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+        /// The limits.
+        json: String,
+    },
+    /// Remove every limit of a vhost.
+    #[command(name = "clear_limits")]
+    ClearLimits {
+        /// Virtual host.
+        #[arg(short = 'p', long = "vhost", default_value = "/")]
+        vhost: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -364,10 +382,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     admin.delete_vhost(&name)?;
                 }
                 VhostCommand::List => {
-                    println!("name\tdescription");
+                    println!("name\tdescription\tlimits");
                     for v in admin.list_vhosts()? {
-                        println!("{}\t{}", v.name, v.description);
+                        let limits = serde_json::to_string(&v.limits)?;
+                        println!("{}\t{}\t{limits}", v.name, v.description);
                     }
+                }
+                VhostCommand::SetLimits { vhost, json } => {
+                    println!("Applying limits to vhost \"{vhost}\" ...");
+                    admin.set_vhost_limits(&vhost, &json)?;
+                }
+                VhostCommand::ClearLimits { vhost } => {
+                    println!("Clearing limits of vhost \"{vhost}\" ...");
+                    admin.clear_vhost_limits(&vhost)?;
                 }
             }
             Ok(())

@@ -98,6 +98,54 @@ pub struct VhostRecord {
     /// and created again between two looks of the broker is still emptied.
     #[serde(default)]
     pub id: u64,
+    /// RabbitMQ's vhost limits (`rabbitmqctl set_vhost_limits`).
+    #[serde(default, skip_serializing_if = "VhostLimits::is_empty")]
+    pub limits: VhostLimits,
+}
+
+/// Per-vhost limits, as RabbitMQ's `max-connections` and `max-queues`, and
+/// `max-sessions` for MQTT sessions (connected or kept for a client that
+/// will come back). None: no limit of the vhost's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct VhostLimits {
+    /// Open connections of every protocol in the vhost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// Queues in the vhost (instead of `[limits] max_queues_per_vhost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues: Option<u64>,
+    /// MQTT sessions in the vhost, connected or stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u64>,
+}
+
+impl VhostLimits {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == VhostLimits::default()
+    }
+
+    /// Applies `rabbitmqctl set_vhost_limits` JSON (`{"max-connections":
+    /// 10}`): the named limits are replaced, a negative value removes one.
+    pub fn apply_json(&mut self, json: &str) -> Result<(), UserError> {
+        let map: BTreeMap<String, i64> =
+            serde_json::from_str(json).map_err(|e| UserError::BadLimits(e.to_string()))?;
+        for (key, value) in map {
+            let slot = match key.as_str() {
+                "max-connections" => &mut self.max_connections,
+                "max-queues" => &mut self.max_queues,
+                "max-sessions" => &mut self.max_sessions,
+                other => {
+                    return Err(UserError::BadLimits(format!(
+                        "unknown limit '{other}' (max-connections, max-queues, max-sessions)"
+                    )));
+                }
+            };
+            *slot = u64::try_from(value).ok();
+        }
+        Ok(())
+    }
 }
 
 impl VhostRecord {
@@ -108,6 +156,7 @@ impl VhostRecord {
             description: String::new(),
             tags: Vec::new(),
             id: 0,
+            limits: VhostLimits::default(),
         }
     }
 }
@@ -268,6 +317,9 @@ pub enum UserError {
     /// A vhost name that cannot be used.
     #[error("invalid vhost name '{0}'")]
     BadVhost(String),
+    /// `set_limits` JSON that is not an object of known limits.
+    #[error("invalid vhost limits: {0}")]
+    BadLimits(String),
 }
 
 /// Why a login was refused (the detail is logged, never sent to the client).
@@ -494,6 +546,33 @@ impl UserAdmin {
                 .find(|u| u.name == name)
                 .ok_or_else(|| UserError::Missing(name.into()))?;
             user.tags = tags;
+            Ok(())
+        })
+    }
+
+    /// Sets a vhost's limits from `rabbitmqctl set_vhost_limits` JSON.
+    pub fn set_vhost_limits(&self, vhost: &str, json: &str) -> Result<(), UserError> {
+        let mut probe = VhostLimits::default();
+        probe.apply_json(json)?;
+        self.edit_file(|file| {
+            let record = file
+                .vhosts
+                .iter_mut()
+                .find(|v| v.name == vhost)
+                .ok_or_else(|| UserError::NoVhost(vhost.into()))?;
+            record.limits.apply_json(json)
+        })
+    }
+
+    /// Removes a vhost's limits.
+    pub fn clear_vhost_limits(&self, vhost: &str) -> Result<(), UserError> {
+        self.edit_file(|file| {
+            let record = file
+                .vhosts
+                .iter_mut()
+                .find(|v| v.name == vhost)
+                .ok_or_else(|| UserError::NoVhost(vhost.into()))?;
+            record.limits = VhostLimits::default();
             Ok(())
         })
     }
@@ -756,6 +835,15 @@ impl UserDb {
             tracing::error!(error = %e, "cannot reload the user database; using the last good copy");
         }
         self.state.lock().vhosts.clone()
+    }
+
+    /// The limits of `vhost` (none for an unknown vhost).
+    pub fn vhost_limits(&self, vhost: &str) -> VhostLimits {
+        self.vhosts()
+            .into_iter()
+            .find(|v| v.name == vhost)
+            .map(|v| v.limits)
+            .unwrap_or_default()
     }
 
     /// Whether `name` has any topic permission in `vhost`: when not, every

@@ -19,7 +19,13 @@ pub fn resolve(broker: &Broker, users: &UserDb, name: &str) -> Option<Arc<VHost>
         delete(broker, name);
         return None;
     };
-    Some(ensure(broker, &record))
+    let v = ensure(broker, &record);
+    // A limit set a moment ago applies to this client at once; [`follow`]
+    // applies every change (and the default) within its interval.
+    if let Some(max) = record.limits.max_queues {
+        v.set_max_queues(usize::try_from(max).unwrap_or(usize::MAX));
+    }
+    Some(v)
 }
 
 /// The broker's vhost for `record`: the existing one if it is the same
@@ -97,12 +103,11 @@ fn close_orphans(broker: &Broker, registry: &Registry) {
 pub fn sync(broker: &tributary_core::Broker, users: &UserDb, max_queues: usize) {
     let wanted = users.vhosts();
     for record in &wanted {
-        let fresh = broker
-            .vhost(&record.name)
-            .is_none_or(|v| v.incarnation() != record.id);
-        if fresh {
-            ensure(broker, record).set_max_queues(max_queues);
-        }
+        let limit = record
+            .limits
+            .max_queues
+            .map_or(max_queues, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        ensure(broker, record).set_max_queues(limit);
     }
     for vhost in broker.vhosts() {
         if !wanted.iter().any(|r| r.name == vhost.name()) {

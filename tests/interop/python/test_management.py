@@ -494,6 +494,11 @@ def test_metrics_move_after_publishing(broker):
         assert last[("tributary_queue_messages_acked_total", q)] == 1
         assert ("tributary_store_fsyncs_total", ()) in last
         assert last[("tributary_channels", ())] >= 1
+        # The delivery latency histogram counted the basic.get.
+        lat = "tributary_delivery_latency_seconds"
+        assert last[(lat + "_count", ())] >= 1
+        assert last[(lat + "_bucket", (("le", "+Inf"),))] == last[(lat + "_count", ())]
+        assert last[(lat + "_bucket", (("le", "10"),))] >= 1 and (lat + "_bucket", (("le", "0.001"),)) in last
     finally:
         conn.close()
 

@@ -338,3 +338,59 @@ def test_amqp_topic_permissions_on_publish_and_bind(broker):
     broker.cli("user", "clear_topic_permissions", "bob")
     ch.queue_bind("m", "amq.topic", "secrets.#")
     conn.close()
+
+
+# -- per-vhost limits ------------------------------------------------------------------------
+def test_vhost_connection_and_queue_limits(broker):
+    add_vhost_user(broker, "small")
+    assert "invalid vhost limits" in cli_fails(broker, "vhost", "set_limits", "-p", "small", "{\"max-bananas\": 1}")
+    broker.cli("vhost", "set_limits", "-p", "small", '{"max-connections": 1, "max-queues": 1}')
+    assert '"max-connections":1' in broker.cli("vhost", "list").stdout.decode()
+    first = amqp(broker, "small")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as ei:
+        amqp(broker, "small")
+    assert ("NOT_ALLOWED - access to vhost 'small' refused for user 'bob': "
+            "connection limit (1) is reached") in str(ei.value), ei.value
+    ch = first.channel()
+    ch.queue_declare("one")
+    with channel_error(406, "PRECONDITION_FAILED - cannot declare queue 'two'"):
+        ch.queue_declare("two")
+    # Other vhosts are not affected.
+    other = [amqp(broker, "/"), amqp(broker, "/")]
+    for c in other:
+        c.close()
+    first.close()
+    # A negative value removes a limit, as in RabbitMQ.
+    broker.cli("vhost", "set_limits", "-p", "small", '{"max-connections": -1}')
+    two = [amqp(broker, "small"), amqp(broker, "small")]
+    for c in two:
+        c.close()
+
+
+def connack(b, username: str, client_id: str, version=mqtt.MQTTv5, clean=True):
+    """Connects and disconnects at once; returns the CONNACK's reason code."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version,
+                    clean_session=clean if version != mqtt.MQTTv5 else None)
+    c.username_pw_set(username, PW)
+    got: queue.Queue = queue.Queue()
+    c.on_connect = lambda _c, _u, _f, rc, props=None: got.put(rc)
+    c.connect("127.0.0.1", b.mqtt_port, keepalive=30)
+    c.loop_start()
+    rc = got.get(timeout=WAIT)
+    if not rc.is_failure:
+        c.disconnect()
+    c.loop_stop()
+    return rc
+
+
+def test_vhost_mqtt_session_limit_counts_stored_sessions(mqtt_broker):
+    b = mqtt_broker
+    add_vhost_user(b, "iot")
+    b.cli("vhost", "set_limits", "-p", "iot", '{"max-sessions": 1}')
+    # A persistent (3.1.1 clean session 0) session outlives its connection and still counts.
+    assert not connack(b, "iot:bob", "stored-one", mqtt.MQTTv311, clean=False).is_failure
+    rc = connack(b, "iot:bob", "newcomer")
+    assert rc.is_failure and int(rc.value) == 0x97, rc  # Quota exceeded
+    # The stored session's own client comes back, and `/` has no such limit.
+    assert not connack(b, "iot:bob", "stored-one", mqtt.MQTTv311, clean=False).is_failure
+    assert not connack(b, "bob", "newcomer").is_failure

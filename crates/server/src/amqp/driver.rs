@@ -340,5 +340,12 @@ fn admit_open(conn: &Connection, places: &mut Places, ctx: &AmqpContext) -> Resu
     if places.user.is_none() {
         places.user = Some(ctx.limits.admit_user(conn.user().unwrap_or(""))?);
     }
-    Ok(())
+    // `track` has put this connection in its vhost already.
+    let vhost = places.reg.vhost();
+    ctx.limits.admit_vhost(
+        &vhost,
+        conn.user().unwrap_or(""),
+        ctx.users.vhost_limits(&vhost).max_connections,
+        true,
+    )
 }

@@ -60,6 +60,7 @@ fn render(st: &St) -> String {
     let mut o = Out(String::new());
     protocols(st, &mut o);
     queues(st, &mut o);
+    latency(&mut o);
     let s = st.s.store.stats();
     o.single(
         "tributary_store_fsyncs_total",
@@ -209,6 +210,28 @@ fn protocols(st: &St, o: &mut Out) {
             o.sample(name, &[("protocol", p.as_str())], t[i]);
         }
     }
+}
+
+/// The time messages waited in queues before delivery, as a histogram.
+fn latency(o: &mut Out) {
+    use tributary_core::queue::{DELIVERY_LATENCY, LATENCY_BUCKETS_MS};
+    let name = "tributary_delivery_latency_seconds";
+    o.family(
+        name,
+        "histogram",
+        "Time from a message becoming ready in a queue (published or requeued) to its delivery.",
+    );
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let bucket = format!("{name}_bucket");
+    for (ms, count) in LATENCY_BUCKETS_MS.iter().zip(&DELIVERY_LATENCY.buckets) {
+        let le = format!("{}", *ms as f64 / 1000.0);
+        o.sample(&bucket, &[("le", &le)], l(count));
+    }
+    let total = l(&DELIVERY_LATENCY.buckets[LATENCY_BUCKETS_MS.len()]);
+    o.sample(&bucket, &[("le", "+Inf")], total);
+    let sum = l(&DELIVERY_LATENCY.sum_ms) as f64 / 1000.0;
+    let _ = writeln!(o.0, "{name}_sum {sum}");
+    o.sample(&format!("{name}_count"), &[], total);
 }
 
 fn queues(st: &St, o: &mut Out) {

@@ -151,6 +151,7 @@ where
     );
     session.max_keep_alive = ctx.max_keep_alive;
     session.default_vhost.clone_from(&ctx.default_vhost);
+    session.limits = Some(ctx.limits.clone());
     session.cert_user = cert_user;
     let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();

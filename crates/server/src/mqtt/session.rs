@@ -122,6 +122,8 @@ pub struct Session {
     vhost: Arc<VHost>,
     /// `[mqtt] vhost`: where a username without a vhost prefix goes.
     pub(super) default_vhost: String,
+    /// The broker's connection limits and registry (per-vhost limits).
+    pub(super) limits: Option<Arc<crate::limits::Limits>>,
     /// The client id scoped by vhost: the key of the takeover registry and
     /// the stored-session table (client ids are per vhost).
     pub(super) session_key: String,
@@ -240,6 +242,7 @@ impl Session {
             client_id: String::new(),
             vhost: default_vhost,
             default_vhost: DEFAULT_VHOST.to_string(),
+            limits: None,
             topic_permissions: None,
             session_key: String::new(),
             keep_alive: 0,
@@ -341,9 +344,14 @@ impl Session {
             tracing::warn!(peer = %self.peer, user = %user, vhost = %vhost_name, "MQTT vhost access refused");
             return refuse(self, ReasonCode::NOT_AUTHORIZED);
         };
+        let session_key = scoped(&vhost_name, &client_id);
+        if let Err(why) = self.admit_in_vhost(&vhost_name, &user, &session_key) {
+            tracing::warn!(peer = %self.peer, user = %user, vhost = %vhost_name, "MQTT connection refused: {why}");
+            return refuse(self, ReasonCode::QUOTA_EXCEEDED);
+        }
         self.vhost = vhost;
         self.user = user.clone();
-        self.session_key = scoped(&vhost_name, &client_id);
+        self.session_key = session_key;
         self.client_id = client_id;
         self.keep_alive = c.keep_alive;
         // v5 Server Keep Alive: a keep alive above our maximum (or none at
@@ -514,6 +522,39 @@ impl Session {
         }
         if !self.users.may_connect_from(user, self.peer.ip()) {
             return Err(crate::users::AuthError::LoopbackOnly);
+        }
+        Ok(())
+    }
+
+    /// The vhost's `max-connections` and `max-sessions` (MQTT sessions,
+    /// connected or stored), for a client about to connect; resuming a
+    /// stored session adds none.
+    fn admit_in_vhost(&self, vhost: &str, user: &str, key: &str) -> Result<(), String> {
+        let Some(limits) = &self.limits else {
+            return Ok(());
+        };
+        let vhost_limits = self.users.vhost_limits(vhost);
+        limits
+            .admit_vhost(vhost, user, vhost_limits.max_connections, false)
+            .map_err(|r| r.text())?;
+        let Some(max) = vhost_limits.max_sessions else {
+            return Ok(());
+        };
+        if self.stored.contains(key) {
+            return Ok(());
+        }
+        let live_clean = limits
+            .registry()
+            .list()
+            .iter()
+            .filter(|c| {
+                c.protocol == crate::registry::Protocol::Mqtt
+                    && c.vhost() == vhost
+                    && !self.stored.contains(&scoped(vhost, &c.client()))
+            })
+            .count() as u64;
+        if self.stored.count_in(vhost) + live_clean >= max {
+            return Err(format!("session limit of vhost '{vhost}' ({max}) reached"));
         }
         Ok(())
     }

@@ -110,6 +110,15 @@ impl SessionTable {
         }
     }
 
+    /// Sessions stored (connected or not) in `vhost`.
+    pub fn count_in(&self, vhost: &str) -> u64 {
+        self.sessions
+            .lock()
+            .keys()
+            .filter(|k| super::session::unscope(k).0 == vhost)
+            .count() as u64
+    }
+
     /// Client ids whose sessions have expired by `now_ms`.
     pub fn expired(&self, now_ms: u64) -> Vec<String> {
         self.sessions

@@ -322,7 +322,7 @@ impl Hub {
             Some(op) => match (op.name.as_str(), set) {
                 ("configure", false) => self.ps_get_config(req, op),
                 ("configure", true) => self.ps_set_config(req, op, out),
-                ("default", false) => Ok(Some(self.ps_default(req))),
+                ("default", false) => self.ps_default(req, op),
                 ("delete", true) => self.ps_delete(req, op, out, &mut notes),
                 ("purge", true) => self.ps_purge(req, op, out, &mut notes),
                 ("subscriptions", false) => self.ps_owner_subscriptions(req, op),

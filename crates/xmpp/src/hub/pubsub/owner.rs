@@ -90,16 +90,21 @@ impl Hub {
         Ok(None)
     }
 
-    /// §8.3: the default node configuration.
-    pub(super) fn ps_default(&self, req: &Req<'_>) -> Element {
+    /// §8.3: the default node configuration. Since XEP-0060 1.27 a `type`
+    /// attribute names the node type; anything but `leaf` is a type we do
+    /// not have (collections, XEP-0248).
+    pub(super) fn ps_default(&self, req: &Req<'_>, el: &Element) -> Answer {
+        if el.attr("type").is_some_and(|t| t != "leaf") {
+            return Err(PsError::unsupported("collections"));
+        }
         let config = if matches!(req.svc, super::Service::Pep(_)) {
             super::node::NodeConfig::pep_default()
         } else {
             super::node::NodeConfig::service_default()
         };
-        owner_pubsub(
+        Ok(Some(owner_pubsub(
             Element::new("default", ns::PUBSUB_OWNER).with_child(form::config_form(&config)),
-        )
+        )))
     }
 
     /// §8.4: delete a node; subscribers are told.
