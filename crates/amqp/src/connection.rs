@@ -8,7 +8,9 @@
 //! `close_channel` and `close`.
 //!
 //! Negotiation runs `ExpectProtocolHeader → ExpectStartOk → AwaitAuth → ExpectTuneOk →
-//! ExpectOpen → AwaitOpen → Open`, then `Closing → Closed`. The connection enforces the framing
+//! ExpectOpen → AwaitOpen → Open`, then `Closing → Closed`; a challenge-response mechanism
+//! (SCRAM) loops `AwaitAuth → ExpectSecureOk → AwaitAuth` over connection.secure / secure-ok
+//! ([`Event::AuthStep`]), bounded by [`MAX_AUTH_ROUNDS`]. The connection enforces the framing
 //! and channel rules itself, answering violations with the reply code RabbitMQ uses.
 
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +37,9 @@ pub const HANDSHAKE_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_DEFERRED: usize = 256 * 1024;
 /// The AMQP 0-9 protocol header, which RabbitMQ accepts as 0-9-1.
 const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
+/// Most connection.secure challenges one login may take, the final one carrying the server's
+/// additional data included (SCRAM needs two), so a SASL exchange cannot go on for ever.
+pub const MAX_AUTH_ROUNDS: u8 = 4;
 
 /// Server-side limits and identity offered during negotiation.
 #[derive(Clone, Debug)]
@@ -86,7 +91,13 @@ impl Default for ConnectionConfig {
             max_message_size: 128 * 1024 * 1024,
             product: "Tributary".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            mechanisms: vec!["PLAIN".to_owned(), "AMQPLAIN".to_owned()],
+            // PLAIN first: some clients take the first mechanism they know.
+            mechanisms: vec![
+                "PLAIN".to_owned(),
+                "AMQPLAIN".to_owned(),
+                "SCRAM-SHA-256".to_owned(),
+                "SCRAM-SHA-1".to_owned(),
+            ],
         }
     }
 }
@@ -102,6 +113,12 @@ pub enum Mechanism {
     /// RFC 4422 EXTERNAL: the transport (a client certificate) says who the
     /// client is; the response is an optional authorization identity.
     External,
+    /// RFC 5802 SCRAM-SHA-1, run over connection.secure / secure-ok rounds
+    /// ([`Event::AuthStep`]).
+    ScramSha1,
+    /// RFC 7677 SCRAM-SHA-256, run over connection.secure / secure-ok rounds
+    /// ([`Event::AuthStep`]).
+    ScramSha256,
 }
 
 impl Mechanism {
@@ -111,7 +128,15 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::AmqPlain => "AMQPLAIN",
             Mechanism::External => "EXTERNAL",
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
         }
+    }
+
+    /// Whether the mechanism is a challenge-response one: its start-ok response and every
+    /// secure-ok arrive as [`Event::AuthStep`] rather than [`Event::Authenticate`].
+    pub fn is_multi_step(self) -> bool {
+        matches!(self, Mechanism::ScramSha1 | Mechanism::ScramSha256)
     }
 
     fn from_name(name: &[u8]) -> Option<Mechanism> {
@@ -119,6 +144,8 @@ impl Mechanism {
             b"PLAIN" => Some(Mechanism::Plain),
             b"AMQPLAIN" => Some(Mechanism::AmqPlain),
             b"EXTERNAL" => Some(Mechanism::External),
+            b"SCRAM-SHA-1" => Some(Mechanism::ScramSha1),
+            b"SCRAM-SHA-256" => Some(Mechanism::ScramSha256),
             _ => None,
         }
     }
@@ -140,6 +167,19 @@ pub enum Event {
         username: String,
         /// The password, in clear (empty for EXTERNAL).
         password: String,
+    },
+    /// One step of a challenge-response login ([`Mechanism::is_multi_step`]): the start-ok
+    /// response (`round` 0) or a secure-ok response (`round` 1, 2...). Answer with
+    /// [`Connection::auth_challenge`] (another round), [`Connection::accept_auth_with_data`]
+    /// (success with the server's final message), [`Connection::accept_auth_as`] or
+    /// [`Connection::reject_auth`].
+    AuthStep {
+        /// The chosen mechanism.
+        mechanism: Mechanism,
+        /// How many challenges were sent before this response.
+        round: u8,
+        /// The client's response, as sent.
+        response: Bytes,
     },
     /// connection.open; answer with accept_open / reject_open.
     Open {
@@ -228,6 +268,16 @@ enum State {
     AwaitAuth {
         mechanism: Mechanism,
     },
+    /// A connection.secure challenge was sent; its secure-ok is due.
+    ExpectSecureOk {
+        mechanism: Mechanism,
+    },
+    /// The final challenge (the server's additional data on success) was sent; an empty
+    /// secure-ok lets `user` in.
+    ExpectFinalSecureOk {
+        mechanism: Mechanism,
+        user: String,
+    },
     ExpectTuneOk,
     ExpectOpen,
     AwaitOpen,
@@ -244,7 +294,9 @@ impl State {
     fn rabbit_name(&self) -> &'static str {
         match self {
             State::ExpectProtocolHeader | State::ExpectStartOk => "starting",
-            State::AwaitAuth { .. } => "securing",
+            State::AwaitAuth { .. }
+            | State::ExpectSecureOk { .. }
+            | State::ExpectFinalSecureOk { .. } => "securing",
             State::ExpectTuneOk => "tuning",
             State::ExpectOpen | State::AwaitOpen => "opening",
             State::Open => "running",
@@ -315,6 +367,8 @@ pub struct Connection {
     vhost: Option<String>,
     client_properties: Option<FieldTable>,
     auth_failure_close: bool,
+    /// connection.secure challenges sent for this login ([`MAX_AUTH_ROUNDS`] at most).
+    auth_rounds: u8,
 }
 
 impl Connection {
@@ -341,6 +395,7 @@ impl Connection {
             vhost: None,
             client_properties: None,
             auth_failure_close: false,
+            auth_rounds: 0,
         }
     }
 
@@ -458,6 +513,68 @@ impl Connection {
         let State::AwaitAuth { mechanism } = self.state else {
             return;
         };
+        self.refuse_login(mechanism, text);
+    }
+
+    /// Another round of a challenge-response login: sends connection.secure with `challenge`
+    /// and waits for the client's secure-ok, reported as [`Event::AuthStep`]. Past
+    /// [`MAX_AUTH_ROUNDS`] challenges the login is refused instead.
+    pub fn auth_challenge(&mut self, challenge: &[u8]) {
+        let State::AwaitAuth { mechanism } = self.state else {
+            return;
+        };
+        if !self.count_round(mechanism) {
+            return;
+        }
+        self.send_secure(challenge);
+        self.state = State::ExpectSecureOk { mechanism };
+        self.resume();
+    }
+
+    /// Ends a challenge-response login successfully as `user`, with the server's additional
+    /// data (SCRAM's server-final-message `v=...`). AMQP 0-9-1 has no room for data in
+    /// connection.tune, so, as RFC 4422 §3.6 says for such protocols, the data goes out as one
+    /// more connection.secure; the client's empty secure-ok is answered with connection.tune
+    /// (a non-empty one refuses the login).
+    pub fn accept_auth_with_data(&mut self, user: &str, data: &[u8]) {
+        let State::AwaitAuth { mechanism } = self.state else {
+            return;
+        };
+        if !self.count_round(mechanism) {
+            return;
+        }
+        self.send_secure(data);
+        self.state = State::ExpectFinalSecureOk {
+            mechanism,
+            user: user.to_owned(),
+        };
+        self.resume();
+    }
+
+    /// Counts one more challenge; refuses the login once there were too many.
+    fn count_round(&mut self, mechanism: Mechanism) -> bool {
+        if self.auth_rounds >= MAX_AUTH_ROUNDS {
+            self.refuse_login(
+                mechanism,
+                &format!("ACCESS_REFUSED - more than {MAX_AUTH_ROUNDS} SASL rounds"),
+            );
+            return false;
+        }
+        self.auth_rounds += 1;
+        true
+    }
+
+    fn send_secure(&mut self, challenge: &[u8]) {
+        self.write_method(
+            0,
+            &Method::ConnectionSecure {
+                challenge: Bytes::copy_from_slice(challenge),
+            },
+        );
+    }
+
+    /// 403 ACCESS_REFUSED, the way [`Connection::reject_auth`] describes.
+    fn refuse_login(&mut self, mechanism: Mechanism, text: &str) {
         let reason = CloseReason::ServerClosed {
             reply_code: reply::ACCESS_REFUSED,
             reply_text: reply::reply_text(reply::ACCESS_REFUSED, text),
@@ -866,6 +983,30 @@ impl Connection {
                     ..
                 },
             ) => self.start_ok(client_properties, mechanism, response),
+            (State::ExpectSecureOk { mechanism }, Method::ConnectionSecureOk { response }) => {
+                let mechanism = *mechanism;
+                self.state = State::AwaitAuth { mechanism };
+                self.events.push_back(Event::AuthStep {
+                    mechanism,
+                    round: self.auth_rounds,
+                    response,
+                });
+            }
+            (
+                State::ExpectFinalSecureOk { mechanism, user },
+                Method::ConnectionSecureOk { response },
+            ) => {
+                let (mechanism, user) = (*mechanism, user.clone());
+                self.state = State::AwaitAuth { mechanism };
+                if response.is_empty() {
+                    self.accept_auth_as(&user);
+                } else {
+                    self.refuse_login(
+                        mechanism,
+                        "ACCESS_REFUSED - non-empty response to the final SASL challenge",
+                    );
+                }
+            }
             (
                 State::ExpectTuneOk,
                 Method::ConnectionTuneOk {
@@ -911,10 +1052,20 @@ impl Connection {
                 if caps.get("authentication_failure_close") == Some(&FieldValue::Bool(true))
         );
         self.client_properties = Some(client_properties);
+        if mech.is_multi_step() {
+            self.state = State::AwaitAuth { mechanism: mech };
+            self.events.push_back(Event::AuthStep {
+                mechanism: mech,
+                round: 0,
+                response,
+            });
+            return;
+        }
         let creds = match mech {
             Mechanism::Plain => parse_plain(&response),
             Mechanism::AmqPlain => parse_amqplain(response),
             Mechanism::External => utf8(&response).map(|authzid| (authzid, String::new())),
+            Mechanism::ScramSha1 | Mechanism::ScramSha256 => return,
         };
         match creds {
             Ok((username, password)) => {

@@ -254,7 +254,7 @@ fn server_start_properties() {
         panic!()
     };
     assert_eq!((*version_major, *version_minor), (0, 9));
-    assert_eq!(&mechanisms[..], b"PLAIN AMQPLAIN");
+    assert_eq!(&mechanisms[..], b"PLAIN AMQPLAIN SCRAM-SHA-256 SCRAM-SHA-1");
     assert_eq!(&locales[..], b"en_US");
     let Some(FieldValue::Table(caps)) = server_properties.get("capabilities") else {
         panic!()
@@ -1068,14 +1068,26 @@ fn external_is_offered_only_when_configured() {
 
     // A verified client certificate: offered first, and the login flows to the application.
     let config = ConnectionConfig::default().with_external().with_external();
-    assert_eq!(config.mechanisms, vec!["EXTERNAL", "PLAIN", "AMQPLAIN"]);
+    assert_eq!(
+        config.mechanisms,
+        vec![
+            "EXTERNAL",
+            "PLAIN",
+            "AMQPLAIN",
+            "SCRAM-SHA-256",
+            "SCRAM-SHA-1"
+        ]
+    );
     let mut p = Pair::new(config);
     p.send_raw(&PROTOCOL_HEADER);
     let m = p.methods();
     let Method::ConnectionStart { mechanisms, .. } = &m[0].1 else {
         panic!()
     };
-    assert_eq!(&mechanisms[..], b"EXTERNAL PLAIN AMQPLAIN");
+    assert_eq!(
+        &mechanisms[..],
+        b"EXTERNAL PLAIN AMQPLAIN SCRAM-SHA-256 SCRAM-SHA-1"
+    );
     p.send(
         0,
         &Method::ConnectionStartOk {

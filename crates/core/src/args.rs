@@ -39,6 +39,8 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit`: redeliveries allowed before the message is dead-lettered or dropped.
     pub delivery_limit: Option<u64>,
+    /// `x-queue-type: stream`: the stream's retention and segment size.
+    pub stream: Option<crate::stream::StreamSettings>,
 }
 
 fn invalid(queue: &str, vhost: &str, key: &str, why: &str) -> CoreError {
@@ -136,6 +138,13 @@ impl QueueArgs {
             }
         };
         a.delivery_limit = non_negative("x-delivery-limit")?;
+        if crate::stream::is_stream(arguments) {
+            a.stream = Some(crate::stream::StreamSettings::parse(
+                arguments, queue, vhost,
+            )?);
+            // A stream keeps everything until retention removes whole segments.
+            a.max_length_bytes = None;
+        }
         Ok(a)
     }
 }

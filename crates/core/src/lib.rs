@@ -14,6 +14,7 @@ pub mod message;
 pub mod naming;
 pub mod persist;
 pub mod queue;
+pub mod stream;
 pub mod topic;
 pub mod vhost;
 

@@ -138,6 +138,17 @@ pub trait Persistence: Send + Sync {
     fn delete_definition(&self, kind: &str, key: &str);
     /// A durable queue was deleted with everything in it.
     fn queue_deleted(&self, queue: u64);
+    /// Opens (or creates) the log of stream queue `queue` declared in the vhost incarnation
+    /// `vhost`. None when this persistence keeps no streams (the caller falls back to memory).
+    fn open_stream(
+        &self,
+        vhost: u64,
+        queue: u64,
+        settings: &crate::stream::StreamSettings,
+    ) -> Option<Arc<dyn crate::stream::StreamLog>> {
+        let _ = (vhost, queue, settings);
+        None
+    }
 }
 
 /// Shared handle to the persistence layer.

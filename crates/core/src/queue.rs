@@ -16,6 +16,7 @@ use crate::deadletter::Reason;
 use crate::error::{CoreError, CoreResult};
 use crate::message::{Message, Table, Value};
 use crate::persist::{MemoryBudget, SharedPersistence, Stored, decode_message};
+use crate::stream::{FILTER_VALUE_HEADER, StreamLog};
 use crate::vhost::VHost;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -236,6 +237,8 @@ pub struct Queue {
     may_expire: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     counters: QueueCounters,
+    /// The log of a stream queue (`x-queue-type: stream`), attached once at declaration.
+    stream: std::sync::OnceLock<Arc<dyn StreamLog>>,
 }
 
 /// Running totals of what went through a queue (for metrics and the
@@ -347,12 +350,49 @@ impl Queue {
             home,
             may_expire: std::sync::atomic::AtomicBool::new(false),
             counters: QueueCounters::default(),
+            stream: std::sync::OnceLock::new(),
         })
     }
 
-    /// True when the periodic sweep has work here (TTLs or `x-expires`).
+    /// True when the periodic sweep has work here (TTLs, `x-expires`, stream retention).
     pub fn needs_tick(&self) -> bool {
-        self.args.expires.is_some() || self.may_expire.load(std::sync::atomic::Ordering::Relaxed)
+        self.args.expires.is_some()
+            || self.may_expire.load(std::sync::atomic::Ordering::Relaxed)
+            || self.args.stream.is_some_and(|s| s.max_age_ms.is_some())
+    }
+
+    /// Gives a stream queue its log (once; later calls are ignored).
+    pub fn attach_stream(&self, log: Arc<dyn StreamLog>) {
+        let _ = self.stream.set(log);
+    }
+
+    /// The log of a stream queue.
+    pub fn stream(&self) -> Option<&Arc<dyn StreamLog>> {
+        self.stream.get()
+    }
+
+    /// True for a stream queue (`x-queue-type: stream`).
+    pub fn is_stream(&self) -> bool {
+        self.args.stream.is_some()
+    }
+
+    /// Appends a message to the stream: encoded as the store encodes messages, with its
+    /// `x-stream-filter-value` header as the record's filter value.
+    fn append_to_stream(&self, log: &Arc<dyn StreamLog>, message: &Message) -> Accepted {
+        let payload = crate::persist::encode_message(message);
+        let filter = message
+            .properties
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(FILTER_VALUE_HEADER))
+            .and_then(Value::as_bytes);
+        match log.append(now_ms() as i64, filter, &payload) {
+            Some(_) => {
+                bump(&self.counters.published, 1);
+                Accepted::Yes
+            }
+            None => Accepted::Rejected,
+        }
     }
 
     /// The store id of a durable queue backed by persistence.
@@ -363,6 +403,11 @@ impl Queue {
     /// The queue's parsed arguments.
     pub fn args(&self) -> &QueueArgs {
         &self.args
+    }
+
+    /// The name of the vhost it belongs to.
+    pub fn vhost_name(&self) -> &str {
+        &self.vhost
     }
 
     /// The queue's name.
@@ -399,6 +444,15 @@ impl Queue {
     /// Current counters.
     pub fn stats(&self) -> QueueStats {
         let st = self.state.lock();
+        if let Some(log) = self.stream.get() {
+            let s = log.stats();
+            return QueueStats {
+                ready: s.records as usize,
+                ready_bytes: s.bytes as usize,
+                unacked: 0,
+                consumers: st.consumers.len(),
+            };
+        }
         QueueStats {
             ready: st.ready.len(),
             ready_bytes: st.ready_bytes,
@@ -624,6 +678,10 @@ impl Queue {
     /// Appends a routed message and feeds consumers. `stored` is the store's
     /// copy when the message was persisted for this queue.
     pub fn publish(self: &Arc<Self>, message: Arc<Message>, stored: Option<Stored>) -> Accepted {
+        if let Some(log) = self.stream.get() {
+            self.forget(stored);
+            return self.append_to_stream(log, &message);
+        }
         let mut st = self.state.lock();
         if st.deleted {
             self.forget(stored);
@@ -792,7 +850,7 @@ impl Queue {
     /// basic.get: takes the head message, and reports how many remain.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, usize)> {
         let mut st = self.state.lock();
-        if st.deleted {
+        if st.deleted || self.is_stream() {
             return None;
         }
         st.last_used = now_ms();
@@ -822,7 +880,7 @@ impl Queue {
     /// not flagged redelivered and not counted against a delivery limit.
     /// `counted` says whether they were counted as unacked.
     pub fn return_undelivered(self: &Arc<Self>, entries: Vec<Entry>, counted: bool) {
-        if entries.is_empty() {
+        if entries.is_empty() || self.is_stream() {
             return;
         }
         let mut st = self.state.lock();
@@ -857,7 +915,8 @@ impl Queue {
     pub fn reject(self: &Arc<Self>, entry: Entry) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(1);
-        if st.deleted {
+        // A stream keeps its records: a reject only returns credit.
+        if st.deleted || self.is_stream() {
             return;
         }
         if self.args.dead_letter_exchange.is_some() {
@@ -871,7 +930,7 @@ impl Queue {
     /// redelivered, and feeds consumers. A message requeued more often than
     /// `x-delivery-limit` is dead-lettered (or dropped) instead.
     pub fn requeue(self: &Arc<Self>, mut entries: Vec<Entry>) {
-        if entries.is_empty() {
+        if entries.is_empty() || self.is_stream() {
             return;
         }
         let mut st = self.state.lock();
@@ -920,6 +979,9 @@ impl Queue {
     /// The periodic sweep: expires messages at the head (even with no
     /// consumer) and reports whether `x-expires` says the queue must go.
     pub fn tick(self: &Arc<Self>, now: u64) -> bool {
+        if let Some(log) = self.stream.get() {
+            log.tick(now);
+        }
         let mut st = self.state.lock();
         if st.deleted {
             return false;
@@ -1052,6 +1114,9 @@ impl Queue {
             let sinks: Vec<_> = st.consumers.drain(..).map(|c| c.sink).collect();
             (n, sinks, st.paged)
         };
+        if let Some(log) = self.stream.get() {
+            log.destroy();
+        }
         if let Some(d) = &self.durability {
             if let Some(id) = d.durable_id {
                 d.persistence.queue_deleted(id);

@@ -286,8 +286,37 @@ impl VHost {
             durability,
             self.myself.clone(),
         );
+        if let Some(settings) = queue.args().stream {
+            // The persistence logs why a log cannot be opened; the queue then keeps
+            // new records in memory and leaves the files alone for the next start.
+            let log = self
+                .open_stream(Some(def.id), &settings, &name)
+                .unwrap_or_else(|_| Arc::new(crate::stream::MemoryStream::default()));
+            queue.attach_stream(log);
+        }
         self.queues.write().insert(name, queue.clone());
         queue
+    }
+
+    /// The log of a new or restored stream queue: in the store when there is one, else in
+    /// memory.
+    fn open_stream(
+        &self,
+        durable_id: Option<u64>,
+        settings: &crate::stream::StreamSettings,
+        name: &str,
+    ) -> CoreResult<Arc<dyn crate::stream::StreamLog>> {
+        match (&self.persistence, durable_id) {
+            (Some(p), Some(id)) => p
+                .open_stream(self.incarnation(), id, settings)
+                .ok_or_else(|| {
+                    CoreError::PreconditionFailed(format!(
+                        "cannot open the log of stream queue '{name}' in vhost '{}'",
+                        self.name
+                    ))
+                }),
+            _ => Ok(Arc::new(crate::stream::MemoryStream::default())),
+        }
     }
 
     /// Re-creates a durable binding from the store at start-up; false when an end is missing.
@@ -528,6 +557,9 @@ impl VHost {
             name.into()
         };
         let args = QueueArgs::parse(&options.arguments, &name, &self.name)?;
+        if args.stream.is_some() {
+            check_stream_properties(&options, &name, &self.name)?;
+        }
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&name) {
             existing.check_access(conn)?;
@@ -581,6 +613,10 @@ impl VHost {
             _ => None,
         };
         let durability = self.durability(durable_id);
+        let stream = match args.stream {
+            Some(settings) => Some(self.open_stream(durable_id, &settings, &name)?),
+            None => None,
+        };
         if let (Some(d), Some(id)) = (&durability, durable_id) {
             let def = QueueDef {
                 vhost: self.name.to_string(),
@@ -600,6 +636,9 @@ impl VHost {
             durability,
             self.myself.clone(),
         );
+        if let Some(log) = stream {
+            queue.attach_stream(log);
+        }
         queues.insert(name, queue.clone());
         Ok(declared(queue))
     }
@@ -931,7 +970,7 @@ impl VHost {
         {
             let ids: Vec<u64> = queues
                 .iter()
-                .filter(|q| !q.would_refuse(size))
+                .filter(|q| !q.is_stream() && !q.would_refuse(size))
                 .filter_map(|q| q.durable_id())
                 .collect();
             if !ids.is_empty() {
@@ -952,6 +991,10 @@ impl VHost {
             };
             if q.publish(message.clone(), stored) == Accepted::Rejected {
                 out.rejected = true;
+            } else if q.is_stream() && self.persistence.is_some() {
+                // Confirmed once the stream's fsync is done too (the persistence's
+                // `when_durable` covers the stream logs).
+                out.on_disk = true;
             }
         }
         out
@@ -1132,6 +1175,25 @@ impl VHost {
                 self.remove_queue(&q);
             }
         }
+    }
+}
+
+/// A stream is durable, not exclusive and not auto-delete; RabbitMQ's refusals otherwise.
+fn check_stream_properties(options: &QueueOptions, name: &str, vhost: &str) -> CoreResult<()> {
+    let bad = if options.auto_delete {
+        Some("auto-delete")
+    } else if options.exclusive {
+        Some("exclusive")
+    } else if !options.durable {
+        Some("non-durable")
+    } else {
+        None
+    };
+    match bad {
+        Some(property) => Err(CoreError::PreconditionFailed(format!(
+            "invalid property '{property}' for queue '{name}' in vhost '{vhost}'"
+        ))),
+        None => Ok(()),
     }
 }
 

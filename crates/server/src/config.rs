@@ -33,6 +33,69 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// Limits that protect the broker from too many or hostile clients.
     pub limits: LimitsConfig,
+    /// CoAP settings (docs/coap.md).
+    pub coap: CoapConfig,
+}
+
+/// CoAP (RFC 7252) over UDP and DTLS: resources under `/ps/<topic>` on
+/// `amq.topic` (docs/coap.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoapConfig {
+    /// The vhost of requests whose user name has no `vhost:` prefix.
+    pub vhost: String,
+    /// Largest request or response body in bytes (after block-wise
+    /// reassembly); larger ones get 4.13 with Size1.
+    pub max_message_size: usize,
+    /// Peers (client addresses) tracked at once; datagrams from new ones
+    /// beyond it are ignored.
+    pub max_peers: usize,
+    /// Observations one peer may hold; beyond it a registration gets 5.03.
+    pub max_observations_per_peer: usize,
+    /// Datagrams per second one address may send on average; beyond its
+    /// burst they are dropped. 0: no limit.
+    pub rate: u32,
+    /// Datagrams one address may send at once above the rate.
+    pub burst: u32,
+    /// Type of Observe notifications: `request` (the type of the
+    /// registering GET), `con` or `non`.
+    pub notification_type: NotificationType,
+    /// Seconds without traffic after which a peer without observations is forgotten.
+    pub peer_idle_timeout: u64,
+    /// DTLS pre-shared keys: a file of `identity:key` lines (key in hex with
+    /// a `0x` prefix, else the text itself). An identity logs in as the broker
+    /// user of that name. Empty: the key of identity `u` is user `u`'s
+    /// `psk` entry in this file only, so PSK is off without it.
+    pub psk_file: String,
+}
+
+/// `[coap] notification_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationType {
+    /// Confirmable for a confirmable registration, else non-confirmable.
+    #[default]
+    Request,
+    /// Always confirmable.
+    Con,
+    /// Always non-confirmable.
+    Non,
+}
+
+impl Default for CoapConfig {
+    fn default() -> Self {
+        CoapConfig {
+            vhost: "/".into(),
+            max_message_size: 1024 * 1024,
+            max_peers: 10_000,
+            max_observations_per_peer: 64,
+            rate: 1000,
+            burst: 2000,
+            notification_type: NotificationType::Request,
+            peer_idle_timeout: 300,
+            psk_file: String::new(),
+        }
+    }
 }
 
 /// Limits on connections and what one connection may cost, across protocols
@@ -120,6 +183,27 @@ pub struct MqttConfig {
     /// The vhost of clients whose username has no `vhost:` prefix
     /// (RabbitMQ's `mqtt.vhost`).
     pub vhost: String,
+    /// The same for clients on the MQTTS listener and on WebSocket over
+    /// HTTPS (RabbitMQ maps vhosts per port); unset means `vhost`.
+    pub tls_vhost: Option<String>,
+    /// Largest packet accepted, in bytes, fixed header included (MQTT 5
+    /// Maximum Packet Size, advertised in the CONNACK): a larger one is
+    /// refused from its length prefix, before it is read (v5: DISCONNECT
+    /// 0x95 Packet too large).
+    pub max_packet_size: u32,
+    /// QoS 1 and 2 deliveries sent to one client and not yet acknowledged;
+    /// the queue holds the rest (a v5 client's lower Receive Maximum wins).
+    pub max_inflight: u16,
+    /// Our MQTT 5 Receive Maximum: QoS 2 publishes a client may leave
+    /// unreleased (PUBREL not sent yet); one more is DISCONNECT 0x93.
+    pub receive_maximum: u16,
+}
+
+impl MqttConfig {
+    /// The vhost of TLS clients without a `vhost:` prefix.
+    pub fn tls_vhost(&self) -> &str {
+        self.tls_vhost.as_deref().unwrap_or(&self.vhost)
+    }
 }
 
 impl Default for MqttConfig {
@@ -128,6 +212,10 @@ impl Default for MqttConfig {
             max_keep_alive: u16::MAX,
             vhost: "/".into(),
             ssl_cert_login: false,
+            tls_vhost: None,
+            max_packet_size: 16 * 1024 * 1024,
+            max_inflight: 64,
+            receive_maximum: 1024,
         }
     }
 }
@@ -201,6 +289,9 @@ pub struct XmppConfig {
     pub max_offline_messages: usize,
     /// Largest stanza accepted, in bytes.
     pub max_stanza_size: usize,
+    /// Deepest element nesting accepted, counted below the stream root (a
+    /// stanza is at depth 1); deeper is `<policy-violation/>`.
+    pub max_depth: usize,
     /// The bridge to AMQP and MQTT: `bridge.<domain>` for direct messages,
     /// `topics.<domain>` for pubsub over MQTT topics (docs/bridging.md).
     pub bridge: bool,
@@ -271,6 +362,7 @@ impl Default for XmppConfig {
             resumption_timeout: 300,
             max_offline_messages: 1000,
             max_stanza_size: 262_144,
+            max_depth: 32,
             bridge: true,
             bridge_exchange: "xmpp".into(),
             vhost: "/".into(),
@@ -352,6 +444,10 @@ pub struct Listeners {
     /// HTTPS: the HTTP listener's routes over TLS (15671, RabbitMQ's
     /// management TLS port). Empty string disables it.
     pub https: String,
+    /// CoAP over UDP (5683); off (empty) by default, `"127.0.0.1:5683"` turns it on.
+    pub coap: String,
+    /// CoAP over DTLS 1.2 (5684); off (empty) by default.
+    pub coaps: String,
 }
 
 impl Default for Listeners {
@@ -365,6 +461,8 @@ impl Default for Listeners {
             mqtts: "127.0.0.1:8883".into(),
             amqps: "127.0.0.1:5671".into(),
             https: "127.0.0.1:15671".into(),
+            coap: String::new(),
+            coaps: String::new(),
         }
     }
 }
@@ -526,6 +624,8 @@ impl Config {
             ("listeners.mqtts", &self.listeners.mqtts, "127.0.0.1:8883"),
             ("listeners.amqps", &self.listeners.amqps, "127.0.0.1:5671"),
             ("listeners.https", &self.listeners.https, "127.0.0.1:15671"),
+            ("listeners.coap", &self.listeners.coap, "127.0.0.1:5683"),
+            ("listeners.coaps", &self.listeners.coaps, "127.0.0.1:5684"),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return Err(bad(
@@ -562,6 +662,31 @@ impl Config {
             ));
         }
         self.validate_tls(path)?;
+        let mqtt = &self.mqtt;
+        // The smallest: room for a CONNECT with a client id and a short topic's PUBLISH.
+        if !(64..=268_435_455).contains(&mqtt.max_packet_size) {
+            return Err(bad(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} is not between 64 bytes and 268435455 (MQTT's largest)",
+                    mqtt.max_packet_size
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("mqtt.max_inflight", mqtt.max_inflight),
+            ("mqtt.receive_maximum", mqtt.receive_maximum),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1".into()));
+            }
+        }
+        if !(1..=1000).contains(&self.xmpp.max_depth) {
+            return Err(bad(
+                "xmpp.max_depth",
+                format!("{} is not between 1 and 1000", self.xmpp.max_depth),
+            ));
+        }
         if self.xmpp.max_stanza_size < 10_000 {
             return Err(bad(
                 "xmpp.max_stanza_size",
@@ -584,6 +709,7 @@ impl Config {
             ));
         }
         self.validate_limits(path)?;
+        self.validate_coap(path)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(bad("log.level", e.to_string()));
         }
@@ -653,6 +779,53 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_coap(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        let c = &self.coap;
+        if !(1024..=64 * 1024 * 1024).contains(&c.max_message_size) {
+            return Err(bad(
+                "coap.max_message_size",
+                "must be between 1024 bytes and 64 MiB",
+            ));
+        }
+        if c.max_peers == 0 {
+            return Err(bad("coap.max_peers", "must be at least 1"));
+        }
+        if c.rate > 0 && c.burst == 0 {
+            return Err(bad(
+                "coap.burst",
+                "must be at least 1 while coap.rate is set",
+            ));
+        }
+        if !(1..=86_400).contains(&c.peer_idle_timeout) {
+            return Err(bad(
+                "coap.peer_idle_timeout",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        if !self.listeners.coaps.is_empty() && c.psk_file.is_empty() {
+            return Err(bad(
+                "coap.psk_file",
+                "listeners.coaps needs the pre-shared keys of its clients",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CoAP (UDP) listener address, if enabled.
+    pub fn coap_addr(&self) -> Option<SocketAddr> {
+        self.listeners.coap.parse().ok()
+    }
+
+    /// The CoAP-over-DTLS listener address, if enabled.
+    pub fn coaps_addr(&self) -> Option<SocketAddr> {
+        self.listeners.coaps.parse().ok()
     }
 
     /// The HTTP listener address, if enabled.
@@ -818,6 +991,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn coap_is_off_by_default_and_checked() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.coap_addr(), None);
+        assert_eq!(c.coaps_addr(), None);
+        assert_eq!(c.coap.notification_type, NotificationType::Request);
+        let c = parse("[listeners]\ncoap = \"127.0.0.1:5683\"\n[coap]\nnotification_type = \"non\"\n")
+            .expect("on");
+        assert_eq!(c.coap_addr().map(|a| a.port()), Some(5683));
+        assert_eq!(c.coap.notification_type, NotificationType::Non);
+        for (text, key) in [
+            ("[listeners]\ncoap = \"x\"\n", "listeners.coap"),
+            ("[coap]\nmax_message_size = 10\n", "coap.max_message_size"),
+            ("[coap]\nmax_peers = 0\n", "coap.max_peers"),
+            ("[coap]\nburst = 0\n", "coap.burst"),
+            ("[listeners]\ncoaps = \"127.0.0.1:0\"\n", "coap.psk_file"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn mqtt_and_xmpp_limits_have_defaults_and_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.mqtt.max_packet_size, 16 * 1024 * 1024);
+        assert_eq!(c.mqtt.max_inflight, 64);
+        assert_eq!(c.mqtt.receive_maximum, 1024);
+        assert_eq!(c.mqtt.tls_vhost(), "/");
+        assert_eq!(c.xmpp.max_depth, 32);
+        let c = parse(
+            "[mqtt]\nvhost = \"plain\"\nmax_packet_size = 1024\nmax_inflight = 2\n\
+             receive_maximum = 10\n[xmpp]\nmax_depth = 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.mqtt.tls_vhost(), "plain", "tls_vhost follows vhost");
+        let m = &c.mqtt;
+        assert_eq!(
+            (m.max_packet_size, m.max_inflight, m.receive_maximum),
+            (1024, 2, 10)
+        );
+        assert_eq!(c.xmpp.max_depth, 8);
+        let c = parse("[mqtt]\ntls_vhost = \"secure\"\n").unwrap();
+        assert_eq!((c.mqtt.vhost.as_str(), c.mqtt.tls_vhost()), ("/", "secure"));
+        for (text, key) in [
+            ("[mqtt]\nmax_packet_size = 10\n", "mqtt.max_packet_size"),
+            ("[mqtt]\nmax_packet_size = 300000000\n", "max_packet_size"),
+            ("[mqtt]\nmax_inflight = 0\n", "mqtt.max_inflight"),
+            ("[mqtt]\nreceive_maximum = 0\n", "mqtt.receive_maximum"),
+            ("[mqtt]\nmax_inflight = 70000\n", "max_inflight"),
+            ("[xmpp]\nmax_depth = 0\n", "xmpp.max_depth"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

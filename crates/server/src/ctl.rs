@@ -1,41 +1,153 @@
 //! `tributary ctl`: operates a running broker through its management HTTP
-//! API, as `rabbitmqctl`/`rabbitmqadmin` do. The URL and credentials come
-//! from `--url/--user/--password`, else `TRIBUTARY_URL`,
-//! `TRIBUTARY_USER`, `TRIBUTARY_PASSWORD`, else
-//! `http://127.0.0.1:15672` and guest/guest.
+//! API, as `rabbitmqctl`/`rabbitmqadmin` do. The URL, credentials and CA
+//! file come from `--url/--user/--password/--ca`, else `TRIBUTARY_URL`,
+//! `TRIBUTARY_USER`, `TRIBUTARY_PASSWORD`, `TRIBUTARY_CA`, else the config
+//! file (`--config`, else `~/.config/tributary/ctl.toml` when it exists),
+//! else `http://127.0.0.1:15672` and guest/guest. `https://` URLs are
+//! verified against the CA file, or the system's CA bundle without one.
 //!
 //! Exit codes scripts can rely on: 0 success, 1 the API refused (4xx/5xx),
 //! 2 usage error (clap's), 3 the broker could not be reached.
 
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
+use serde::Deserialize;
 use serde_json::{Value as J, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Exit code: the API answered with an error.
 pub const EXIT_API: i32 = 1;
+/// Exit code: a usage error (clap's, or a bad config file).
+pub const EXIT_USAGE: i32 = 2;
 /// Exit code: the broker could not be reached.
 pub const EXIT_CONNECT: i32 = 3;
+
+/// CA bundles of the common distributions, tried in order for `https://`
+/// when no CA file is given.
+const SYSTEM_CA_FILES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
 
 /// `tributary ctl` and its options.
 #[derive(Args)]
 pub struct Ctl {
-    /// Base URL of the HTTP API.
-    #[arg(long, env = "TRIBUTARY_URL", default_value = "http://127.0.0.1:15672")]
-    url: String,
-    /// User name (needs a management tag).
-    #[arg(long, env = "TRIBUTARY_USER", default_value = "guest")]
-    user: String,
-    /// Password.
-    #[arg(
-        long,
-        env = "TRIBUTARY_PASSWORD",
-        default_value = "guest",
-        hide_env_values = true
-    )]
-    password: String,
+    /// Base URL of the HTTP API, http:// or https:// [default: http://127.0.0.1:15672]
+    #[arg(long, env = "TRIBUTARY_URL")]
+    url: Option<String>,
+    /// User name (needs a management tag) [default: guest]
+    #[arg(long, env = "TRIBUTARY_USER")]
+    user: Option<String>,
+    /// Password [default: guest]
+    #[arg(long, env = "TRIBUTARY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// PEM file of the CA certificates trusted for https:// [default: the system's]
+    #[arg(long, env = "TRIBUTARY_CA")]
+    ca: Option<PathBuf>,
+    /// TOML file with `url`, `user`, `password` and `ca` [default:
+    /// ~/.config/tributary/ctl.toml, when it exists]
+    #[arg(long, env = "TRIBUTARY_CTL_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: CtlCommand,
+}
+
+/// The config file's keys; each is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    url: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    /// Relative to the file's directory.
+    ca: Option<PathBuf>,
+}
+
+/// Where to connect and as whom, once flags, environment, file and
+/// defaults are merged.
+struct Settings {
+    url: String,
+    user: String,
+    password: String,
+    ca: Option<PathBuf>,
+}
+
+fn default_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("tributary").join("ctl.toml"))
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut c: FileConfig =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let (Some(ca), Some(dir)) = (&c.ca, path.parent())
+        && ca.is_relative()
+    {
+        c.ca = Some(dir.join(ca));
+    }
+    Ok(c)
+}
+
+impl Ctl {
+    /// Flags and environment first, then the config file, then defaults.
+    fn settings(&self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => read_config(path)?,
+            None => match default_config_path() {
+                Some(path) if path.exists() => read_config(&path)?,
+                _ => FileConfig::default(),
+            },
+        };
+        Ok(Settings {
+            url: self
+                .url
+                .clone()
+                .or(file.url)
+                .unwrap_or_else(|| "http://127.0.0.1:15672".into()),
+            user: self.user.clone().or(file.user).unwrap_or_else(|| "guest".into()),
+            password: self
+                .password
+                .clone()
+                .or(file.password)
+                .unwrap_or_else(|| "guest".into()),
+            ca: self.ca.clone().or(file.ca),
+        })
+    }
+}
+
+/// The root certificates for https://: the CA file, else the system's bundle.
+fn root_certs(ca: Option<&Path>) -> Result<ureq::tls::RootCerts, String> {
+    let path = match ca {
+        Some(p) => p.to_path_buf(),
+        None => SYSTEM_CA_FILES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or("no CA bundle found on this system: give one with --ca")?,
+    };
+    let pem =
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
 /// Output formats of `list`.
@@ -188,20 +300,35 @@ fn enc(s: &str) -> String {
 }
 
 impl Client {
-    fn new(c: &Ctl) -> Self {
-        let config = ureq::Agent::config_builder()
+    fn new(c: &Settings) -> Result<Self, String> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build();
+            .timeout_global(Some(Duration::from_secs(30)));
+        if c.url.starts_with("https://") {
+            // rustls with the provider the broker's own TLS uses.
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .unversioned_rustls_crypto_provider(provider)
+                    .root_certs(root_certs(c.ca.as_deref())?)
+                    .build(),
+            );
+        } else if !c.url.starts_with("http://") {
+            return Err(format!(
+                "--url {}: only http:// and https:// URLs are supported",
+                c.url
+            ));
+        }
         let credentials = format!("{}:{}", c.user, c.password);
-        Client {
-            agent: config.into(),
+        Ok(Client {
+            agent: config.build().into(),
             base: c.url.trim_end_matches('/').to_string(),
             auth: format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(credentials)
             ),
-        }
+        })
     }
 
     /// One request; the parsed JSON answer (Null for an empty one).
@@ -269,7 +396,13 @@ impl Client {
 
 /// Runs a `ctl` command; returns the process exit code.
 pub fn run(c: Ctl) -> i32 {
-    let client = Client::new(&c);
+    let client = match c.settings().and_then(|s| Client::new(&s)) {
+        Ok(client) => client,
+        Err(reason) => {
+            eprintln!("Error: {reason}");
+            return EXIT_USAGE;
+        }
+    };
     match execute(&client, c.command) {
         Ok(()) => 0,
         Err(Failure::Api(status, reason)) => {

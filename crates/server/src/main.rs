@@ -1,15 +1,20 @@
 //! The `tributary` binary: `serve`, `config check` and `user` commands.
 
 mod amqp;
+mod coap;
 mod ctl;
 mod http;
 mod limits;
+mod mailbox;
+mod memory;
 mod mgmt;
 mod mqtt;
 mod persistence;
 mod readbuf;
 mod registry;
+mod scram;
 mod serve;
+mod streams;
 mod tls;
 mod users;
 mod vhosts;
@@ -403,6 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    memory::tune_allocator();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -25,6 +25,8 @@ const RETAINED: &str = "retained";
 pub struct StorePersistence {
     store: Arc<Store>,
     next_queue_id: AtomicU64,
+    /// Stream queues' logs (`<data>/streams/`).
+    streams: Arc<crate::streams::Streams>,
 }
 
 fn table(kind: &str) -> &'static str {
@@ -83,7 +85,20 @@ impl Persistence for StorePersistence {
     }
 
     fn when_durable(&self, done: Box<dyn FnOnce() + Send>) {
-        self.store.on_durable(Box::new(move |_proof| done()));
+        // Covers the stream logs too: a publish routed to a stream is confirmed once
+        // both the shared log and the streams are fsynced.
+        let streams = self.streams.clone();
+        self.store
+            .on_durable(Box::new(move |_proof| streams.barrier(done)));
+    }
+
+    fn open_stream(
+        &self,
+        vhost: u64,
+        queue: u64,
+        settings: &tributary_core::stream::StreamSettings,
+    ) -> Option<Arc<dyn tributary_core::stream::StreamLog>> {
+        self.streams.open(vhost, queue, settings)
     }
 
     fn put_definition(&self, kind: &str, key: &str, value: &[u8]) {
@@ -149,6 +164,7 @@ pub fn open(
     let persistence = Arc::new(StorePersistence {
         store: store.clone(),
         next_queue_id: AtomicU64::new(next_queue_id),
+        streams: Arc::new(crate::streams::Streams::new(dir.join("streams"), true)),
     });
     let broker = Broker::new(Some(persistence.clone()), memory_budget);
     let stored_ids: HashMap<String, u64> = store
@@ -248,6 +264,7 @@ pub fn open(
     for orphan in queues.keys() {
         store.append_queue_deleted(*orphan);
     }
+    persistence.streams.remove_orphans();
     for (name, id) in later {
         broker.add_vhost(name).set_incarnation(id);
     }
@@ -263,6 +280,17 @@ pub fn open(
     }
     tracing::info!(messages = restored, "recovered durable state");
     Ok((broker, store))
+}
+
+/// Waits until every stream's appends are durable (before a clean shutdown).
+pub fn flush_streams(broker: &Broker) {
+    if let Some(p) = broker.persistence() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        p.when_durable(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+    }
 }
 
 /// The stored MQTT sessions' rows (expiry deadlines and QoS 2 state).

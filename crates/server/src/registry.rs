@@ -30,11 +30,18 @@ pub enum Protocol {
     Mqtt,
     /// XMPP client-to-server.
     Xmpp,
+    /// CoAP over UDP or DTLS: one entry per peer address.
+    Coap,
 }
 
 impl Protocol {
     /// Every protocol, in a stable order (for metrics).
-    pub const ALL: [Protocol; 3] = [Protocol::Amqp, Protocol::Mqtt, Protocol::Xmpp];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Amqp,
+        Protocol::Mqtt,
+        Protocol::Xmpp,
+        Protocol::Coap,
+    ];
 
     /// The lower-case name used in metrics labels and the API's `protocol` field.
     pub fn as_str(self) -> &'static str {
@@ -42,6 +49,7 @@ impl Protocol {
             Protocol::Amqp => "amqp",
             Protocol::Mqtt => "mqtt",
             Protocol::Xmpp => "xmpp",
+            Protocol::Coap => "coap",
         }
     }
 
@@ -51,6 +59,7 @@ impl Protocol {
             Protocol::Amqp => "AMQP 0-9-1",
             Protocol::Mqtt => "MQTT",
             Protocol::Xmpp => "XMPP",
+            Protocol::Coap => "CoAP",
         }
     }
 
@@ -59,6 +68,7 @@ impl Protocol {
             Protocol::Amqp => 0,
             Protocol::Mqtt => 1,
             Protocol::Xmpp => 2,
+            Protocol::Coap => 3,
         }
     }
 }
@@ -256,6 +266,12 @@ impl ConnInfo {
         self.close.cancelled().await
     }
 
+    /// Whether an operator asked to close the connection (for drivers that
+    /// poll rather than await, such as CoAP's one task per listener).
+    pub fn is_close_requested(&self) -> bool {
+        self.close.is_cancelled()
+    }
+
     /// The reason given to [`ConnInfo::request_close`].
     pub fn close_reason(&self) -> String {
         self.details
@@ -272,9 +288,9 @@ pub struct Registry {
     conns: RwLock<BTreeMap<u64, Arc<ConnInfo>>>,
     next_id: AtomicU64,
     /// Counters of closed connections, by protocol.
-    retired: [Counters; 3],
+    retired: [Counters; 4],
     /// Connections ever opened, by protocol.
-    opened: [AtomicU64; 3],
+    opened: [AtomicU64; 4],
 }
 
 /// A connection's place in the registry; dropping it removes the entry.

@@ -102,6 +102,10 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         )),
         max_keep_alive: config.mqtt.max_keep_alive,
         default_vhost: config.mqtt.vhost.clone(),
+        tls_vhost: config.mqtt.tls_vhost().to_owned(),
+        max_packet_size: config.mqtt.max_packet_size,
+        max_inflight: config.mqtt.max_inflight,
+        receive_maximum: config.mqtt.receive_maximum,
         limits: limits.clone(),
         connect_timeout: Duration::from_secs(config.limits.mqtt_connect_timeout),
         max_buffered_bytes: config.limits.max_buffered_bytes,
@@ -121,6 +125,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     }
 
     tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
+    start_coap(&config, &mqtt, &limits, &shutdown, &tracker).await?;
     // One certificate for the TLS listeners: [tls], or one generated for the XMPP domain.
     let tls = crate::tls::TlsSetup::load_or_generate(
         &config.tls,
@@ -198,6 +203,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             mqtt: mqtt.clone(),
             store: store.clone(),
             config: config.clone(),
+            xmpp: xmpp.clone(),
         });
         let state = crate::http::HttpState {
             mqtt: mqtt.clone(),
@@ -243,6 +249,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     {
         tracing::warn!("some connections did not close in time");
     }
+    crate::persistence::flush_streams(&broker);
     if let Err(e) = store.close() {
         tracing::error!(error = %e, "closing the message store failed");
     }
@@ -380,6 +387,36 @@ fn spawn_accept<F, Fut>(
             }
         }
     });
+}
+
+/// Starts the CoAP listeners (`[listeners] coap`, UDP; `coaps`, DTLS),
+/// which share MQTT's retained messages.
+async fn start_coap(
+    config: &Config,
+    mqtt: &Arc<crate::mqtt::driver::MqttContext>,
+    limits: &Arc<Limits>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    if config.coap_addr().is_none() && config.coaps_addr().is_none() {
+        return Ok(());
+    }
+    let ctx = Arc::new(crate::coap::CoapContext {
+        broker: mqtt.broker.clone(),
+        users: mqtt.users.clone(),
+        retained: mqtt.retained.clone(),
+        config: config.coap.clone(),
+        limits: limits.clone(),
+        shutdown: shutdown.clone(),
+    });
+    if let Some(addr) = config.coap_addr() {
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for CoAP on {addr} (listeners.coap)"))?;
+        tracing::info!("listening protocol=coap addr={}", socket.local_addr()?);
+        tracker.spawn(crate::coap::run_udp(socket, ctx.clone()));
+    }
+    Ok(())
 }
 
 /// What the protocol services share.

@@ -395,6 +395,26 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UserError + '_ {
     }
 }
 
+/// The named account, for an edit.
+fn find_user<'a>(users: &'a mut [User], name: &str) -> Result<&'a mut User, UserError> {
+    users
+        .iter_mut()
+        .find(|u| u.name == name)
+        .ok_or_else(|| UserError::Missing(name.into()))
+}
+
+/// The named account, for an edit of its rights in `vhost`, which must exist.
+fn user_in_vhost<'a>(
+    file: &'a mut UserFile,
+    name: &str,
+    vhost: &str,
+) -> Result<&'a mut User, UserError> {
+    if !file.vhosts.iter().any(|v| v.name == vhost) {
+        return Err(UserError::NoVhost(vhost.into()));
+    }
+    find_user(&mut file.users, name)
+}
+
 /// Hashes a password with Argon2id and a random salt.
 pub fn hash_password(password: &str) -> Result<String, UserError> {
     let salt = SaltString::generate(&mut OsRng);
@@ -541,10 +561,7 @@ impl UserAdmin {
     /// Replaces a user's tags (`rabbitmqctl set_user_tags`).
     pub fn set_tags(&self, name: &str, tags: Vec<String>) -> Result<(), UserError> {
         self.edit(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.name == name)
-                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let user = find_user(users, name)?;
             user.tags = tags;
             Ok(())
         })
@@ -554,26 +571,29 @@ impl UserAdmin {
     pub fn set_vhost_limits(&self, vhost: &str, json: &str) -> Result<(), UserError> {
         let mut probe = VhostLimits::default();
         probe.apply_json(json)?;
-        self.edit_file(|file| {
-            let record = file
-                .vhosts
-                .iter_mut()
-                .find(|v| v.name == vhost)
-                .ok_or_else(|| UserError::NoVhost(vhost.into()))?;
-            record.limits.apply_json(json)
-        })
+        self.edit_vhost(vhost, |record| record.limits.apply_json(json))
     }
 
     /// Removes a vhost's limits.
     pub fn clear_vhost_limits(&self, vhost: &str) -> Result<(), UserError> {
+        self.edit_vhost(vhost, |record| {
+            record.limits = VhostLimits::default();
+            Ok(())
+        })
+    }
+
+    fn edit_vhost(
+        &self,
+        vhost: &str,
+        f: impl FnOnce(&mut VhostRecord) -> Result<(), UserError>,
+    ) -> Result<(), UserError> {
         self.edit_file(|file| {
             let record = file
                 .vhosts
                 .iter_mut()
                 .find(|v| v.name == vhost)
                 .ok_or_else(|| UserError::NoVhost(vhost.into()))?;
-            record.limits = VhostLimits::default();
-            Ok(())
+            f(record)
         })
     }
 
@@ -604,14 +624,7 @@ impl UserAdmin {
             }
         }
         self.edit_file(|file| {
-            if !file.vhosts.iter().any(|v| v.name == vhost) {
-                return Err(UserError::NoVhost(vhost.into()));
-            }
-            let user = file
-                .users
-                .iter_mut()
-                .find(|u| u.name == name)
-                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let user = user_in_vhost(file, name, vhost)?;
             let list = user.topic_permissions.entry(vhost.to_string()).or_default();
             list.retain(|p| p.exchange != permission.exchange);
             list.push(permission);
@@ -628,10 +641,7 @@ impl UserAdmin {
         exchange: Option<&str>,
     ) -> Result<(), UserError> {
         self.edit(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.name == name)
-                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let user = find_user(users, name)?;
             match exchange {
                 None => {
                     user.topic_permissions.remove(vhost);
@@ -677,10 +687,7 @@ impl UserAdmin {
     pub fn passwd(&self, name: &str, password: &str) -> Result<(), UserError> {
         let fresh = new_user(name, password, Vec::new())?;
         self.edit(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.name == name)
-                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let user = find_user(users, name)?;
             user.password_hash = fresh.password_hash;
             user.scram_sha1 = fresh.scram_sha1;
             user.scram_sha256 = fresh.scram_sha256;
@@ -706,14 +713,7 @@ impl UserAdmin {
             }
         }
         self.edit_file(|file| {
-            if !file.vhosts.iter().any(|v| v.name == vhost) {
-                return Err(UserError::NoVhost(vhost.into()));
-            }
-            let user = file
-                .users
-                .iter_mut()
-                .find(|u| u.name == name)
-                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let user = user_in_vhost(file, name, vhost)?;
             user.permissions.insert(vhost.to_string(), permission);
             Ok(())
         })
@@ -722,10 +722,7 @@ impl UserAdmin {
     /// Removes a user's permissions in a virtual host.
     pub fn clear_permissions(&self, name: &str, vhost: &str) -> Result<(), UserError> {
         self.edit(|users| {
-            let user = users
-                .iter_mut()
-                .find(|u| u.name == name)
-                .ok_or_else(|| UserError::Missing(name.into()))?;
+            let user = find_user(users, name)?;
             user.permissions.remove(vhost);
             Ok(())
         })

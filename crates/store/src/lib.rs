@@ -133,6 +133,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// Upper bounds, in microseconds, of the buckets of the `fdatasync`
+/// latency histogram in [`StoreStats::fsync_buckets`].
+pub const FSYNC_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
 /// Counters, for the management API and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -149,6 +155,14 @@ pub struct StoreStats {
     pub pending_bytes: u64,
     /// `fdatasync` calls on segment files.
     pub fsyncs: u64,
+    /// Bytes written to segment files since the store was opened (also of
+    /// segments deleted since).
+    pub bytes_written: u64,
+    /// How long `fdatasync` calls took: counts per [`FSYNC_BUCKETS_US`]
+    /// bucket (not cumulative), the last one for slower calls.
+    pub fsync_buckets: [u64; FSYNC_BUCKETS_US.len() + 1],
+    /// Total time spent in `fdatasync` calls, in microseconds.
+    pub fsync_micros: u64,
     /// Group-commit passes of the sync thread.
     pub batches: u64,
     /// Records appended through the public API (publish, ack, delivered, queue deleted).
@@ -270,6 +284,9 @@ struct Shared {
     next_msg_id: AtomicU64,
     readers: Mutex<HashMap<u64, Arc<File>>>,
     fsyncs: AtomicU64,
+    bytes_written: AtomicU64,
+    fsync_buckets: [AtomicU64; FSYNC_BUCKETS_US.len() + 1],
+    fsync_micros: AtomicU64,
     batches: AtomicU64,
     bytes_on_disk: AtomicU64,
     segments_deleted: AtomicU64,
@@ -492,6 +509,9 @@ impl Store {
             next_msg_id: AtomicU64::new(rec.next_msg_id),
             readers: Mutex::new(HashMap::new()),
             fsyncs: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            fsync_buckets: Default::default(),
+            fsync_micros: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             bytes_on_disk: AtomicU64::new(rec.bytes),
             segments_deleted: AtomicU64::new(0),
@@ -795,6 +815,9 @@ impl Store {
             live_bytes: g.segments.values().map(|x| x.live_bytes).sum(),
             pending_bytes: g.pending_bytes,
             fsyncs: s.fsyncs.load(Relaxed),
+            bytes_written: s.bytes_written.load(Relaxed),
+            fsync_buckets: std::array::from_fn(|i| s.fsync_buckets[i].load(Relaxed)),
+            fsync_micros: s.fsync_micros.load(Relaxed),
             batches: s.batches.load(Relaxed),
             appends: g.appends,
             segments_deleted: s.segments_deleted.load(Relaxed),
@@ -883,6 +906,7 @@ impl Writer {
             file.write_all_at(&c.data, c.offset)
                 .map_err(|e| io_err(&shared.log_dir.join(segment_name(c.segment)))(e))?;
             shared.bytes_on_disk.fetch_add(c.data.len() as u64, Relaxed);
+            shared.bytes_written.fetch_add(c.data.len() as u64, Relaxed);
             if !touched.contains(&c.segment) {
                 touched.push(c.segment);
             }
@@ -890,9 +914,14 @@ impl Writer {
         if shared.options.sync {
             for s in &touched {
                 if let Some(f) = self.files.get(s) {
+                    let started = std::time::Instant::now();
                     f.sync_data()
                         .map_err(|e| io_err(&shared.log_dir.join(segment_name(*s)))(e))?;
                     shared.fsyncs.fetch_add(1, Relaxed);
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let bucket = FSYNC_BUCKETS_US.partition_point(|&b| b < us);
+                    shared.fsync_buckets[bucket].fetch_add(1, Relaxed);
+                    shared.fsync_micros.fetch_add(us, Relaxed);
                 }
             }
             if created {

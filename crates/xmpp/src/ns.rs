@@ -78,6 +78,8 @@ pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 /// Multi-User Chat: the room configuration form type.
 pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+/// Multi-User Chat: voice requests and their approval (XEP-0045 §7.13, §8.6).
+pub const MUC_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 /// MUC self-ping server optimization (XEP-0410 §3.3).
 pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 /// Message Archive Management (XEP-0313).

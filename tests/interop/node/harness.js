@@ -20,6 +20,7 @@ const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 const BIN = process.env.TRIBUTARY_BIN || path.join(REPO_ROOT, 'target', 'debug', 'tributary');
 const LISTEN_RE = /listening protocol=amqp addr=(\S+)/;
 const LISTEN_MQTT_RE = /listening protocol=mqtt addr=(\S+)/;
+const LISTEN_HTTP_RE = /listening protocol=http addr=(\S+)/;
 const START_TIMEOUT_MS = Number(process.env.TRIBUTARY_START_TIMEOUT_MS || 20000);
 const STOP_TIMEOUT_MS = 10000;
 // Upper bound for any single awaited event in a test.
@@ -66,6 +67,7 @@ class Broker {
     this.host = host;
     this.port = port;
     this.mqttPort = mqttPort; // null when the broker has no MQTT listener we know of
+    this.httpPort = null; // the HTTP listener (management API, dashboard), when known
     this.child = child || null;
     this.dataDir = dataDir || null;
     this.tmpDir = tmpDir || null;
@@ -181,6 +183,7 @@ async function startBroker({ extraConfig = '' } = {}) {
     let found = false;
     let amqpAddr = null;
     let mqttAddr = null;
+    let httpAddr = null;
     child.once('error', reject);
     child.stderr.setEncoding('utf8');
     // Keep draining stderr for the broker's whole life so it never blocks on a full pipe.
@@ -189,9 +192,10 @@ async function startBroker({ extraConfig = '' } = {}) {
       if (!found) {
         amqpAddr = amqpAddr || (LISTEN_RE.exec(broker.stderr) || [])[1] || null;
         mqttAddr = mqttAddr || (LISTEN_MQTT_RE.exec(broker.stderr) || [])[1] || null;
-        if (amqpAddr && mqttAddr) {
+        httpAddr = httpAddr || (LISTEN_HTTP_RE.exec(broker.stderr) || [])[1] || null;
+        if (amqpAddr && mqttAddr && httpAddr) {
           found = true;
-          resolve({ amqp: amqpAddr, mqtt: mqttAddr });
+          resolve({ amqp: amqpAddr, mqtt: mqttAddr, http: httpAddr });
         }
       }
       if (broker.stderr.length > 1 << 20) broker.stderr = broker.stderr.slice(-(1 << 19));
@@ -202,11 +206,12 @@ async function startBroker({ extraConfig = '' } = {}) {
   });
 
   try {
-    const a = await withTimeout(addr, START_TIMEOUT_MS, 'the broker to log "listening protocol=amqp" and "listening protocol=mqtt"');
+    const a = await withTimeout(addr, START_TIMEOUT_MS, 'the broker to log "listening protocol=amqp", "protocol=mqtt" and "protocol=http"');
     const i = a.amqp.lastIndexOf(':');
     broker.host = a.amqp.slice(0, i).replace(/^\[|\]$/g, '');
     broker.port = Number(a.amqp.slice(i + 1));
     broker.mqttPort = Number(a.mqtt.slice(a.mqtt.lastIndexOf(':') + 1));
+    broker.httpPort = Number(a.http.slice(a.http.lastIndexOf(':') + 1));
   } catch (e) {
     e.message += `\nbroker stderr:\n${broker.stderr}`;
     await broker.stop().catch(() => {});

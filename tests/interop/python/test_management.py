@@ -593,3 +593,269 @@ def test_xmpp_sessions_and_close(xb):
         closed = c.expect_stream_error()
         assert closed.error == "policy-violation" and "management" in (closed.text or ""), c.log()
     wait_for(lambda: not api.ok(api.get("/xmpp/sessions")), "the session to end")
+
+
+# -- message rates, columns and sort, one vhost's definitions, vhost limits --------------------
+
+
+def overview_with(api, predicate):
+    """The overview, once `predicate(overview)` holds (the rate sampler reads every second)."""
+    def probe():
+        o = api.ok(api.get("/overview"))
+        return o if predicate(o) else None
+    return wait_for(probe, "the overview to show it")
+
+
+def test_message_rates(broker, api):
+    o = api.ok(api.get("/overview"))
+    for k in ("publish", "deliver_get", "ack", "redeliver"):
+        assert o["message_stats"][f"{k}_details"] == {"rate": 0.0}, k
+    assert set(o["protocols"]) == {"amqp", "mqtt", "xmpp"}
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        ch.queue_declare("rated")
+        for _ in range(20):
+            ch.basic_publish("", "rated", b"x")
+        ch.queue_declare("rated", passive=True)  # a round trip: the publishes were handled
+        o = overview_with(api, lambda o: o["message_stats"]["publish_details"]["rate"] > 0)
+        amqp = o["protocols"]["amqp"]
+        assert amqp["connections"] == 1 and amqp["sessions"] == 1  # one channel
+        assert amqp["messages_published"] == 20 and amqp["publish_details"]["rate"] > 0
+        assert o["protocols"]["mqtt"]["publish_details"]["rate"] == 0
+        q = api.ok(api.get("/queues/%2F/rated"))
+        assert q["message_stats"]["publish"] == 20
+        assert q["message_stats"]["publish_details"]["rate"] > 0
+        assert q["message_stats"]["deliver_get_details"]["rate"] == 0
+        listed = next(x for x in api.ok(api.get("/queues")) if x["name"] == "rated")
+        assert listed["message_stats"]["publish_details"]["rate"] > 0
+    finally:
+        conn.close()
+
+
+def test_columns_and_sort(api):
+    for name, depth in (("sort.a", 3), ("sort.b", 1), ("sort.c", 2)):
+        api.ok(api.put(f"/queues/%2F/{name}", {"durable": False}), 201)
+        for _ in range(depth):
+            body = {"routing_key": name, "payload": "x", "payload_encoding": "string", "properties": {}}
+            assert api.ok(api.post("/exchanges/%2F/amq.default/publish", body)) == {"routed": True}
+    params = {"sort": "messages", "sort_reverse": "true", "columns": "name,messages,message_stats.publish"}
+    rows = [r for r in api.ok(api.get("/queues/%2F", params=params)) if r["name"].startswith("sort.")]
+    assert rows == [
+        {"name": "sort.a", "messages": 3, "message_stats": {"publish": 3}},
+        {"name": "sort.c", "messages": 2, "message_stats": {"publish": 2}},
+        {"name": "sort.b", "messages": 1, "message_stats": {"publish": 1}},
+    ]
+    rows = api.ok(api.get("/queues", params={"sort": "message_stats.publish", "columns": "name"}))
+    assert [r["name"] for r in rows if r["name"].startswith("sort.")] == ["sort.b", "sort.c", "sort.a"]
+    assert all(set(r) == {"name"} for r in rows)
+    names = [x["name"] for x in api.ok(api.get("/exchanges", params={"sort": "name", "sort_reverse": "true"}))]
+    assert names == sorted(names, reverse=True) and len(names) > 3
+    o = api.ok(api.get("/overview", params={"columns": "object_totals.queues,product_name"}))
+    assert set(o) == {"object_totals", "product_name"} and set(o["object_totals"]) == {"queues"}
+    # Errors are not re-shaped.
+    assert api.get("/queues/nope", params={"columns": "name"}).json()["error"] == "Object Not Found"
+
+
+def test_definitions_of_one_vhost(api):
+    for v in ("src", "dst"):
+        api.ok(api.put(f"/vhosts/{v}"), 201)
+        api.ok(api.put(f"/permissions/{v}/guest", {"configure": ".*", "write": ".*", "read": ".*"}), 201)
+    api.ok(api.put("/exchanges/src/vx", {"type": "topic", "durable": True}), 201)
+    api.ok(api.put("/queues/src/vq", {"durable": True, "arguments": {"x-max-length": 5}}), 201)
+    api.ok(api.post("/bindings/src/e/vx/q/vq", {"routing_key": "a.#"}), 201)
+    api.ok(api.put("/queues/%2F/elsewhere", {"durable": True}), 201)
+
+    defs = api.ok(api.get("/definitions/src"))
+    assert "users" not in defs and "vhosts" not in defs and "permissions" not in defs
+    assert defs["queues"] == [{"name": "vq", "durable": True, "auto_delete": False,
+                               "arguments": {"x-max-length": 5}}]
+    assert [x["name"] for x in defs["exchanges"]] == ["vx"] and "vhost" not in defs["exchanges"][0]
+    assert [(b["source"], b["destination"], b["routing_key"]) for b in defs["bindings"]] == [("vx", "vq", "a.#")]
+
+    assert api.post("/definitions/dst", defs).status_code == 204
+    assert api.ok(api.get("/queues/dst/vq"))["arguments"] == {"x-max-length": 5}
+    assert api.ok(api.get("/exchanges/dst/vx"))["type"] == "topic"
+    assert [b["routing_key"] for b in api.ok(api.get("/bindings/dst/e/vx/q/vq"))] == ["a.#"]
+    assert api.get("/queues/dst/elsewhere").status_code == 404
+    assert api.get("/definitions/nope").status_code == 404
+    r = api.post("/definitions/dst", {"queues": "not a list"})
+    assert r.status_code == 400 and r.json()["reason"]
+    assert api.get("/definitions/src", auth=("watcher", "x")).status_code == 401
+
+
+def test_vhost_limits(broker, api):
+    assert api.ok(api.get("/vhost-limits")) == []
+    assert api.put("/vhost-limits/%2F/max-connections", {"value": 1}).status_code == 204
+    assert api.ok(api.get("/vhost-limits")) == [{"vhost": "/", "value": {"max-connections": 1}}]
+    first = broker.connect()
+    try:
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            broker.connect()
+    finally:
+        first.close()
+    assert api.put("/vhost-limits/%2F/max-queues", {"value": "10"}).status_code == 204
+    assert api.ok(api.get("/vhost-limits/%2F")) == [
+        {"vhost": "/", "value": {"max-connections": 1, "max-queues": 10}}]
+    assert api.delete("/vhost-limits/%2F/max-connections").status_code == 204
+    assert api.delete("/vhost-limits/%2F/max-connections").status_code == 404
+    broker.connect().close()  # two at once are fine again
+    second = broker.connect()
+    broker.connect().close()
+    second.close()
+    r = api.put("/vhost-limits/%2F/max-frobs", {"value": 1})
+    assert r.status_code == 400 and "max-frobs" in r.json()["reason"]
+    assert api.put("/vhost-limits/%2F/max-queues", {"value": "lots"}).status_code == 400
+    assert api.put("/vhost-limits/%2F/max-queues", {}).status_code == 400
+    assert api.put("/vhost-limits/nope/max-queues", {"value": 1}).status_code == 404
+    broker.add_user("limwatch", "pw", tags=["monitoring"])
+    assert api.put("/vhost-limits/%2F/max-queues", {"value": 1}, auth=("limwatch", "pw")).status_code == 403
+    assert api.ok(api.get("/vhost-limits", auth=("limwatch", "pw"))) == [
+        {"vhost": "/", "value": {"max-queues": 10}}]
+    assert api.put("/vhost-limits/%2F/max-queues", {"value": -1}).status_code == 204
+    assert api.ok(api.get("/vhost-limits")) == []
+
+
+# -- XMPP rooms and pubsub nodes ---------------------------------------------------------------
+
+
+def test_xmpp_rooms_and_pubsub_nodes(xb):
+    api = Api(xb)
+    assert api.ok(api.get("/xmpp/rooms")) == []
+    room = f"lounge@conference.{DOMAIN}"
+    with RawXmpp(xb.xmpp_port) as c:
+        c.login("guest", "guest", "mgmt")
+        c.send(f"<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        c.wait_for(lambda e: e.tag.endswith("}presence") and e.get("from") == f"{room}/alice",
+                   "the room's self-presence")
+        created = c.iq("set", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub>",
+                       to=f"pubsub.{DOMAIN}")
+        assert created.get("type") == "result", c.log()
+        rooms = api.ok(api.get("/xmpp/rooms"))
+        assert [r["jid"] for r in rooms] == [room]
+        assert rooms[0]["occupants"] == [{"nick": "alice", "role": "moderator"}]
+        assert {"jid": f"guest@{DOMAIN}", "affiliation": "owner"} in rooms[0]["affiliations"]
+        nodes = [n for n in api.ok(api.get("/xmpp/pubsub")) if n["node"] == "news"]
+        assert len(nodes) == 1, nodes
+        assert nodes[0]["service"] == f"pubsub.{DOMAIN}" and nodes[0]["owners"] == [f"guest@{DOMAIN}"]
+        assert nodes[0]["items"] == 0 and nodes[0]["access_model"] == "open"
+    # Rooms belong to no vhost: management users (not monitoring) are refused.
+    xb.add_user("roomless", "pw", tags=["management"])
+    assert api.get("/xmpp/rooms", auth=("roomless", "pw")).status_code == 403
+    assert api.get("/xmpp/pubsub", auth=("roomless", "pw")).status_code == 403
+
+
+# -- store metrics -----------------------------------------------------------------------------
+
+
+def test_metrics_store_fsync_latency_and_bytes_written(broker):
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("fsynced", durable=True)
+        before = scrape(broker)
+        # Confirmed persistent messages to a durable queue: written and fsynced first.
+        for _ in range(3):
+            ch.basic_publish("", "fsynced", b"x" * 1000, pika.BasicProperties(delivery_mode=2))
+        after = scrape(broker)
+    finally:
+        conn.close()
+    written = "tributary_store_bytes_written_total"
+    assert after[(written, ())] >= before[(written, ())] + 3000
+    h = "tributary_store_fsync_duration_seconds"
+    assert after[(h + "_count", ())] > before[(h + "_count", ())]
+    assert after[(h + "_count", ())] == after[("tributary_store_fsyncs_total", ())]
+    assert after[(h + "_bucket", (("le", "+Inf"),))] == after[(h + "_count", ())]
+    buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in after.items()
+                     if name == h + "_bucket")
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert after[(h + "_sum", ())] > 0
+
+
+# -- HTTP login failures, ctl's config file and HTTPS ------------------------------------------
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """A broker whose HTTPS listener has a certificate for 127.0.0.1 from a throwaway CA, and a
+    short `[auth] failure_delay_ms`. Yields (broker, CA file)."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+    cert, key, ca_path = tmp_path / "server.crt", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_path))
+    root = Path(tempfile.mkdtemp(prefix="tributary-mgmt-tls-"))
+    b = TributaryBroker(root)
+    b.extra_config = f'\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n\n[auth]\nfailure_delay_ms = 300\n'
+    try:
+        b.start()
+        yield b, ca_path
+    finally:
+        problems = b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not problems, problems
+
+
+def test_http_login_failures_are_logged_and_delayed(tls_broker):
+    b, _ = tls_broker
+    api = Api(b)
+    started = time.monotonic()
+    r = api.get("/overview", auth=("guest", "nope"))
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+    assert time.monotonic() - started >= 0.3  # at least [auth] failure_delay_ms
+    wait_for(lambda: re.search(r"login refused protocol=\"http\" user=guest peer=127\.0\.0\.1:\d+", b.log_text()),
+             "the refused login in the log")
+    # A script that asks for no challenge (the dashboard) gets none: no browser dialog.
+    r = api.get("/overview", auth=("guest", "nope"), headers={"X-Requested-With": "XMLHttpRequest"})
+    assert r.status_code == 401 and "WWW-Authenticate" not in r.headers
+    assert api.get("/overview").status_code == 200
+
+
+def test_ctl_config_file_and_https(tls_broker, tmp_path):
+    b, ca = tls_broker
+    url = f"https://127.0.0.1:{listener(b, 'https')}"
+    home = tmp_path / "home"
+    home.mkdir()
+    base_env = {k: v for k, v in os.environ.items()
+                if not k.startswith("TRIBUTARY_") and k != "XDG_CONFIG_HOME"}
+
+    def run(*args, **env):
+        return subprocess.run([str(b.bin), "ctl", *args], capture_output=True, timeout=WAIT,
+                              env={**base_env, "HOME": str(home), "NO_COLOR": "1", **env})
+
+    # --config: url, credentials and a CA path relative to the file.
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text(f'url = "{url}"\nuser = "guest"\npassword = "guest"\nca = "ca.pem"\n')
+    res = run("--config", str(cfg), "status")
+    assert res.returncode == 0, res.stderr
+    assert b"Tributary" in res.stdout
+
+    # Without a CA file the system's bundle is used, which does not know the throwaway CA.
+    res = run("--url", url, "status")
+    assert res.returncode == 3, res.stderr
+
+    # The default file, ~/.config/tributary/ctl.toml; flags and the environment beat it.
+    (home / ".config" / "tributary").mkdir(parents=True)
+    (home / ".config" / "tributary" / "ctl.toml").write_text(f'url = "{url}"\nca = "{ca}"\n')
+    res = run("list", "vhosts", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    assert [v["name"] for v in json.loads(res.stdout)] == ["/"]
+    res = run("--password", "wrong", "list", "vhosts")
+    assert res.returncode == 1 and b"401" in res.stderr
+    res = run("list", "vhosts", TRIBUTARY_PASSWORD="wrong")
+    assert res.returncode == 1 and b"401" in res.stderr
+    res = run("--url", f"http://127.0.0.1:{listener(b, 'http')}", "list", "vhosts")
+    assert res.returncode == 0, res.stderr
+
+    # A bad file, or one that is missing, is a usage error.
+    cfg.write_text('url = "x"\nno_such_key = 1\n')
+    res = run("--config", str(cfg), "status")
+    assert res.returncode == 2 and b"no_such_key" in res.stderr
+    res = run("--config", str(tmp_path / "missing.toml"), "status")
+    assert res.returncode == 2
+    res = run("--url", "ftp://127.0.0.1", "status")
+    assert res.returncode == 2

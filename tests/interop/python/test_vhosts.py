@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import queue
 import re
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pika
@@ -26,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import TARGET
 from helpers import assert_empty, channel_error, get_one, queue_exists
-from test_mqtt import WAIT, mqtt_broker  # noqa: F401  (fixture)
+from test_mqtt import WAIT, mqtt_broker, restartable  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(TARGET[0] != "tributary", reason="manages vhosts with the tributary CLI")
 
@@ -179,21 +176,6 @@ def test_deleting_a_vhost_deletes_its_contents_and_refuses_logins(broker):
     conn = amqp(broker, "doomed")
     assert not queue_exists(conn, "kept?")
     conn.close()
-
-
-@pytest.fixture
-def restartable():
-    from durability_support import RestartableBroker
-
-    root = Path(tempfile.mkdtemp(prefix="tributary-vhost-restart-"))
-    b = RestartableBroker(root)
-    try:
-        b.start()
-        yield b
-    finally:
-        problems = b.finish()
-        shutil.rmtree(root, ignore_errors=True)
-        assert not problems, problems
 
 
 def test_vhosts_and_their_durable_queues_survive_a_kill(restartable):

@@ -24,6 +24,24 @@ pub struct ChannelConsumer {
     pub queue: Arc<Queue>,
     /// The credit-holding consumer shared with the queue.
     pub consumer: Arc<AmqpConsumer>,
+    /// For a stream consumer: wakes its reader task (credit came back, or it was cancelled).
+    pub stream_wake: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl ChannelConsumer {
+    /// Wakes a stream consumer's reader task (credit came back).
+    pub fn wake(&self) {
+        if let Some(w) = &self.stream_wake {
+            w.notify_one();
+        }
+    }
+}
+
+impl Drop for ChannelConsumer {
+    /// A stream consumer's reader task sees its consumer is gone and ends.
+    fn drop(&mut self) {
+        self.wake();
+    }
 }
 
 /// Work a transaction holds until tx.commit.

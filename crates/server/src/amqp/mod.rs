@@ -6,3 +6,4 @@ pub mod consumer;
 pub mod driver;
 pub mod props;
 pub mod session;
+pub mod stream_consumer;

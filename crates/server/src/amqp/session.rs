@@ -70,6 +70,8 @@ pub struct Session {
     peer_identity: Option<String>,
     /// Set when a login was refused, until the driver has applied its delay.
     login_refused: bool,
+    /// A SCRAM login between its two client messages.
+    scram: Option<crate::scram::ScramLogin>,
 }
 
 fn method_ids(m: &Method) -> (u16, u16) {
@@ -110,6 +112,7 @@ impl Session {
             next_epoch: 0,
             peer_identity: None,
             login_refused: false,
+            scram: None,
         }
     }
 
@@ -140,6 +143,80 @@ impl Session {
         Ok(user)
     }
 
+    /// Logs a refused login with the peer, marks it for the driver's delay and closes the
+    /// connection with 403 ACCESS_REFUSED. `detail` is for the log only.
+    fn refuse_login(
+        &mut self,
+        conn: &mut Connection,
+        mechanism: tributary_amqp::Mechanism,
+        username: &str,
+        e: AuthError,
+        detail: &str,
+    ) {
+        self.login_refused = true;
+        tracing::warn!(peer = %self.peer, user = %username, mechanism = mechanism.name(), reason = %e, detail, "AMQP login refused");
+        let reason = match e {
+            AuthError::LoopbackOnly => {
+                format!("ACCESS_REFUSED - user '{username}' can only connect via localhost")
+            }
+            AuthError::InvalidCredentials => format!(
+                "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                mechanism.name()
+            ),
+        };
+        conn.reject_auth(&reason);
+    }
+
+    /// One round of a SCRAM login: client-first-message (round 0) is answered with
+    /// server-first-message, client-final-message (round 1) with server-final-message and
+    /// the login; anything else is refused.
+    fn scram_step(
+        &mut self,
+        conn: &mut Connection,
+        mechanism: tributary_amqp::Mechanism,
+        round: u8,
+        response: &[u8],
+    ) {
+        use crate::scram::{Refusal, ScramLogin};
+        use tributary_amqp::Mechanism;
+        use tributary_sasl::ScramHash;
+        let hash = match mechanism {
+            Mechanism::ScramSha1 => ScramHash::Sha1,
+            Mechanism::ScramSha256 => ScramHash::Sha256,
+            _ => {
+                return self.refuse_login(
+                    conn,
+                    mechanism,
+                    "",
+                    AuthError::InvalidCredentials,
+                    "not a SCRAM mechanism",
+                );
+            }
+        };
+        let users = self.users.clone();
+        let result = match (round, self.scram.take()) {
+            (0, _) => ScramLogin::start(&users, hash, response).map(|(login, server_first)| {
+                self.scram = Some(login);
+                conn.auth_challenge(&server_first);
+            }),
+            (1, Some(login)) => {
+                let finished = login.finish(&users, self.peer.ip(), response);
+                finished.map(|(user, server_final)| {
+                    conn.accept_auth_with_data(&user, &server_final);
+                    self.user = Some(user);
+                })
+            }
+            (_, login) => Err(Refusal {
+                user: login.map(|l| l.user().to_owned()).unwrap_or_default(),
+                error: AuthError::InvalidCredentials,
+                detail: "unexpected SCRAM round".into(),
+            }),
+        };
+        if let Err(r) = result {
+            self.refuse_login(conn, mechanism, &r.user, r.error, &r.detail);
+        }
+    }
+
     /// Handles one event from the connection machine.
     pub fn handle_event(&mut self, conn: &mut Connection, event: Event) -> Flow {
         match event {
@@ -161,26 +238,23 @@ impl Session {
                         self.user = Some(user);
                     }
                     Err(e) => {
-                        self.login_refused = true;
                         let username = match mechanism {
                             tributary_amqp::Mechanism::External => {
                                 self.peer_identity.clone().unwrap_or_default()
                             }
                             _ => username,
                         };
-                        tracing::warn!(peer = %self.peer, user = %username, mechanism = mechanism.name(), reason = %e, "AMQP login refused");
-                        let reason = match e {
-                            AuthError::LoopbackOnly => format!(
-                                "ACCESS_REFUSED - user '{username}' can only connect via localhost"
-                            ),
-                            AuthError::InvalidCredentials => format!(
-                                "ACCESS_REFUSED - Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                                mechanism.name()
-                            ),
-                        };
-                        conn.reject_auth(&reason);
+                        self.refuse_login(conn, mechanism, &username, e, "");
                     }
                 }
+                Flow::Continue
+            }
+            Event::AuthStep {
+                mechanism,
+                round,
+                response,
+            } => {
+                self.scram_step(conn, mechanism, round, &response);
                 Flow::Continue
             }
             Event::Open { vhost } => {
@@ -475,6 +549,7 @@ impl Session {
     fn redispatch_all(&self) {
         for ch in self.channels.values() {
             for c in ch.consumers.values() {
+                c.wake();
                 c.queue.dispatch();
             }
         }
@@ -483,6 +558,7 @@ impl Session {
     fn redispatch_channel(&self, channel: u16) {
         if let Some(ch) = self.channels.get(&channel) {
             for c in ch.consumers.values() {
+                c.wake();
                 c.queue.dispatch();
             }
         }
@@ -1000,21 +1076,36 @@ impl Session {
                 nowait,
                 arguments,
                 ..
-            } => self.consume(
-                conn,
-                channel,
-                &vhost,
-                queue,
-                consumer_tag,
-                arguments
+            } => {
+                let priority = arguments
                     .get("x-priority")
                     .and_then(|v| props::value_to_core(v.clone()).as_i64())
                     .unwrap_or(0)
-                    .clamp(i32::MIN as i64, i32::MAX as i64) as i32,
-                no_ack,
-                exclusive,
-                nowait,
-            )?,
+                    .clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+                let name = self.queue_name(channel, &queue)?;
+                match vhost.queue(&name, id) {
+                    Ok(q) if q.is_stream() => self.consume_stream(
+                        conn,
+                        channel,
+                        q,
+                        consumer_tag,
+                        no_ack,
+                        nowait,
+                        &props::table_to_core(arguments),
+                    )?,
+                    _ => self.consume(
+                        conn,
+                        channel,
+                        &vhost,
+                        queue,
+                        consumer_tag,
+                        priority,
+                        no_ack,
+                        exclusive,
+                        nowait,
+                    )?,
+                }
+            }
             Method::BasicCancel {
                 consumer_tag,
                 nowait,
@@ -1036,6 +1127,12 @@ impl Session {
                 let name = self.queue_name(channel, &queue)?;
                 self.permit(Access::Read, "queue", &name)?;
                 let q = vhost.queue(&name, id)?;
+                if q.is_stream() {
+                    return Err(CoreError::NotImplemented(format!(
+                        "basic.get not supported by stream queues queue '{name}' in vhost '{}'",
+                        self.vhost_name()
+                    )));
+                }
                 match q.get(no_ack) {
                     None => conn.send_method(
                         channel,
@@ -1301,6 +1398,80 @@ impl Session {
         Ok(declared)
     }
 
+    /// basic.consume on a stream queue: a reader task from `x-stream-offset` (see
+    /// `stream_consumer`).
+    #[allow(clippy::too_many_arguments)]
+    fn consume_stream(
+        &mut self,
+        conn: &mut Connection,
+        channel: u16,
+        q: Arc<tributary_core::Queue>,
+        consumer_tag: ShortStr,
+        no_ack: bool,
+        nowait: bool,
+        arguments: &Table,
+    ) -> Result<(), CoreError> {
+        use super::stream_consumer;
+        self.permit(Access::Read, "queue", q.name())?;
+        let Some(log) = q.stream().cloned() else {
+            return Err(CoreError::NotFound(format!(
+                "no queue '{}' in vhost '{}'",
+                q.name(),
+                self.vhost_name()
+            )));
+        };
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Ok(());
+        };
+        stream_consumer::check_consume(q.name(), q.vhost_name(), ch.consumer_prefetch, no_ack)?;
+        let start = tributary_core::stream::parse_start(
+            arguments.get("x-stream-offset"),
+            tributary_core::args::now_ms(),
+        )?;
+        let tag: Arc<str> = if consumer_tag.is_empty() {
+            tributary_core::naming::unique_name("amq.ctag-").into()
+        } else {
+            text(&consumer_tag).into()
+        };
+        if ch.consumers.contains_key(&tag) {
+            let text = format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'");
+            self.connection_error(conn, reply::NOT_ALLOWED, &text, (60, 20));
+            return Ok(());
+        }
+        let consumer = Arc::new(AmqpConsumer {
+            channel,
+            tag: tag.clone(),
+            wire_tag: ShortStr::from(&*tag),
+            no_ack: false,
+            prefetch: ch.consumer_prefetch,
+            unacked: AtomicU32::new(0),
+            channel_credit: ch.credit.clone(),
+            connection: self.credit.clone(),
+            tx: self.tx.clone(),
+            live: AtomicBool::new(true),
+        });
+        let wake = Arc::new(tokio::sync::Notify::new());
+        ch.consumers.insert(
+            tag.clone(),
+            ChannelConsumer {
+                queue: q.clone(),
+                consumer: consumer.clone(),
+                stream_wake: Some(wake.clone()),
+            },
+        );
+        if !nowait {
+            conn.send_method(
+                channel,
+                &Method::BasicConsumeOk {
+                    consumer_tag: ShortStr::from(&*tag),
+                },
+            );
+        }
+        let filter = stream_consumer::StreamFilter::from_arguments(arguments);
+        stream_consumer::spawn(q, log, start, consumer, filter, wake);
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn consume(
         &mut self,
@@ -1347,6 +1518,7 @@ impl Session {
             ChannelConsumer {
                 queue: q.clone(),
                 consumer: consumer.clone(),
+                stream_wake: None,
             },
         );
         if let Err(e) = q.add_consumer(

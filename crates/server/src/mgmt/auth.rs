@@ -70,18 +70,42 @@ impl FromRequestParts<St> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, ApiError> {
-        let (name, password) = credentials(parts).ok_or(ApiError::Unauthorized)?;
+        // A script (the dashboard) asks for no challenge, so that the browser
+        // does not open its own login dialog over the page's.
+        let refused = if parts
+            .headers
+            .get("x-requested-with")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"))
+        {
+            ApiError::UnauthorizedNoChallenge
+        } else {
+            ApiError::Unauthorized
+        };
+        let Some((name, password)) = credentials(parts) else {
+            return Err(refused);
+        };
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            .map(|c| c.0)
+            .unwrap_or(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
         let users = state.s.users.clone();
+        let login = name.clone();
         // Argon2 costs milliseconds: keep it off the IO threads.
-        let user = tokio::task::spawn_blocking(move || users.authenticate(&name, &password, peer))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|_| ApiError::Unauthorized)?;
+        let outcome =
+            tokio::task::spawn_blocking(move || users.authenticate(&login, &password, peer.ip()))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let user = match outcome {
+            Ok(user) => user,
+            Err(e) => {
+                tracing::warn!(protocol = "http", user = %name, peer = %peer, error = %e, "login refused");
+                // As the other protocols: a refused login waits `[auth] failure_delay_ms`.
+                let delay = state.s.config.auth.failure_delay_ms;
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                return Err(refused);
+            }
+        };
         let tags = user.tags.clone();
         if !tags
             .iter()

@@ -17,12 +17,12 @@ use super::json::{body_object, get_arguments, get_bool, get_str, table_json};
 use super::{ApiError, ApiResult, St};
 use crate::users::Permission;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{Map, Value as J, json};
 use tributary_core::exchange::Destination;
-use tributary_core::{ExchangeOptions, QueueOptions};
+use tributary_core::{ExchangeOptions, QueueOptions, VHost};
 
 /// GET /api/definitions.
 pub async fn export(State(st): State<St>, caller: Caller) -> ApiResult<Json<J>> {
@@ -64,43 +64,10 @@ pub async fn export(State(st): State<St>, caller: Caller) -> ApiResult<Json<J>> 
                 "tags": record.map(|r| r.tags.clone()).unwrap_or_default(),
             },
         }));
-        let mut qs = v.queues();
-        qs.sort_by(|a, b| a.name().cmp(b.name()));
-        for q in qs.iter().filter(|q| !q.options().exclusive) {
-            let o = q.options();
-            queues.push(json!({
-                "name": q.name(), "vhost": v.name(),
-                "durable": o.durable, "auto_delete": o.auto_delete,
-                "arguments": table_json(&o.arguments),
-            }));
-        }
-        let mut xs = v.exchanges();
-        xs.sort_by(|a, b| a.name().cmp(b.name()));
-        for x in &xs {
-            if x.name().is_empty() || x.name().starts_with("amq.") {
-                continue;
-            }
-            let o = x.options();
-            exchanges.push(json!({
-                "name": x.name(), "vhost": v.name(), "type": o.type_name(),
-                "durable": o.durable, "auto_delete": o.auto_delete,
-                "internal": o.internal, "arguments": table_json(&o.arguments),
-            }));
-        }
-        for x in &xs {
-            for b in x.bindings() {
-                let (destination, kind) = match &b.destination {
-                    Destination::Queue(q) if q.options().exclusive => continue,
-                    Destination::Queue(q) => (q.name().to_string(), "queue"),
-                    Destination::Exchange(e) => (e.to_string(), "exchange"),
-                };
-                bindings.push(json!({
-                    "source": x.name(), "vhost": v.name(),
-                    "destination": destination, "destination_type": kind,
-                    "routing_key": b.key, "arguments": table_json(&b.arguments),
-                }));
-            }
-        }
+        let (x, q, b) = objects_of(v, true);
+        exchanges.extend(x);
+        queues.extend(q);
+        bindings.extend(b);
     }
     Ok(Json(json!({
         "rabbit_version": "3.13.0",
@@ -118,6 +85,107 @@ pub async fn export(State(st): State<St>, caller: Caller) -> ApiResult<Json<J>> 
         "exchanges": exchanges,
         "bindings": bindings,
     })))
+}
+
+/// A vhost's exchanges (not the default and `amq.*` ones), queues (not
+/// exclusive ones) and bindings, each with a `vhost` field when `with_vhost`.
+fn objects_of(v: &VHost, with_vhost: bool) -> (Vec<J>, Vec<J>, Vec<J>) {
+    let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    let tag = |mut j: J| {
+        if with_vhost && let Some(m) = j.as_object_mut() {
+            m.insert("vhost".into(), J::String(v.name().to_string()));
+        }
+        j
+    };
+    let mut qs = v.queues();
+    qs.sort_by(|a, b| a.name().cmp(b.name()));
+    for q in qs.iter().filter(|q| !q.options().exclusive) {
+        let o = q.options();
+        queues.push(tag(json!({
+            "name": q.name(),
+            "durable": o.durable, "auto_delete": o.auto_delete,
+            "arguments": table_json(&o.arguments),
+        })));
+    }
+    let mut xs = v.exchanges();
+    xs.sort_by(|a, b| a.name().cmp(b.name()));
+    for x in &xs {
+        if x.name().is_empty() || x.name().starts_with("amq.") {
+            continue;
+        }
+        let o = x.options();
+        exchanges.push(tag(json!({
+            "name": x.name(), "type": o.type_name(),
+            "durable": o.durable, "auto_delete": o.auto_delete,
+            "internal": o.internal, "arguments": table_json(&o.arguments),
+        })));
+    }
+    for x in &xs {
+        for b in x.bindings() {
+            let (destination, kind) = match &b.destination {
+                Destination::Queue(q) if q.options().exclusive => continue,
+                Destination::Queue(q) => (q.name().to_string(), "queue"),
+                Destination::Exchange(e) => (e.to_string(), "exchange"),
+            };
+            bindings.push(tag(json!({
+                "source": x.name(),
+                "destination": destination, "destination_type": kind,
+                "routing_key": b.key, "arguments": table_json(&b.arguments),
+            })));
+        }
+    }
+    (exchanges, queues, bindings)
+}
+
+/// GET /api/definitions/{vhost}: one vhost's exchanges, queues and
+/// bindings, without `vhost` fields (RabbitMQ's per-vhost export).
+pub async fn export_vhost(
+    State(st): State<St>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+) -> ApiResult<Json<J>> {
+    caller.require_admin()?;
+    let v = st.s.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
+    let (exchanges, queues, bindings) = objects_of(&v, false);
+    Ok(Json(json!({
+        "rabbit_version": "3.13.0",
+        "rabbitmq_version": "3.13.0",
+        "product_name": "Tributary",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })))
+}
+
+/// POST /api/definitions/{vhost}: imports exchanges, queues and bindings
+/// into that vhost (their own `vhost` fields are ignored); users, vhosts
+/// and permissions in the document are not imported. 204.
+pub async fn import_vhost(
+    State(st): State<St>,
+    caller: Caller,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
+    st.s.broker.vhost(&vhost).ok_or(ApiError::NotFound)?;
+    let mut doc = body_object(&body)?;
+    for section in ["users", "vhosts", "permissions"] {
+        doc.remove(section);
+    }
+    for section in ["exchanges", "queues", "bindings"] {
+        if let Some(J::Array(items)) = doc.get_mut(section) {
+            for item in items.iter_mut() {
+                if let Some(m) = item.as_object_mut() {
+                    m.insert("vhost".into(), J::String(vhost.clone()));
+                }
+            }
+        }
+    }
+    apply(&st, &doc)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn list<'a>(m: &'a Map<String, J>, key: &str) -> ApiResult<Vec<&'a Map<String, J>>> {
@@ -143,6 +211,12 @@ fn required<'a>(m: &'a Map<String, J>, what: &str, key: &str) -> ApiResult<&'a s
 pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let doc = body_object(&body)?;
+    apply(&st, &doc)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Imports a parsed definitions document.
+fn apply(st: &St, doc: &Map<String, J>) -> ApiResult<()> {
     // Validate the shape of every section before changing anything.
     let sections = [
         "users",
@@ -153,7 +227,7 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
         "bindings",
     ];
     for s in sections {
-        list(&doc, s)?;
+        list(doc, s)?;
     }
     for skipped in [
         "parameters",
@@ -161,14 +235,14 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
         "policies",
         "topic_permissions",
     ] {
-        if list(&doc, skipped).is_ok_and(|l| !l.is_empty()) {
+        if list(doc, skipped).is_ok_and(|l| !l.is_empty()) {
             tracing::warn!(
                 section = skipped,
                 "definitions import: section not supported, skipped"
             );
         }
     }
-    for v in list(&doc, "vhosts")? {
+    for v in list(doc, "vhosts")? {
         let name = required(v, "vhosts", "name")?;
         let description = v
             .get("metadata")
@@ -176,9 +250,9 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
             .and_then(J::as_str)
             .or(get_str(v, "description")?)
             .unwrap_or("");
-        create_vhost(&st, name, description)?;
+        create_vhost(st, name, description)?;
     }
-    for u in list(&doc, "users")? {
+    for u in list(doc, "users")? {
         let name = required(u, "users", "name")?;
         let hash = required(u, "users", "password_hash")?;
         let algorithm = get_str(u, "hashing_algorithm")?;
@@ -191,7 +265,7 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
         })?;
         st.s.admin.put_hashed(name, &stored, tags)?;
     }
-    for p in list(&doc, "permissions")? {
+    for p in list(doc, "permissions")? {
         let permission = Permission {
             configure: required(p, "permissions", "configure")?.into(),
             write: required(p, "permissions", "write")?.into(),
@@ -209,7 +283,7 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
             .vhost(name)
             .ok_or_else(|| ApiError::BadRequest(format!("{what}: vhost '{name}' does not exist")))
     };
-    for x in list(&doc, "exchanges")? {
+    for x in list(doc, "exchanges")? {
         let v = vhost(x, "exchanges")?;
         let name = required(x, "exchanges", "name")?;
         let kind = required(x, "exchanges", "type")?;
@@ -231,7 +305,7 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
             delayed: false,
         })?;
     }
-    for q in list(&doc, "queues")? {
+    for q in list(doc, "queues")? {
         let v = vhost(q, "queues")?;
         let options = QueueOptions {
             durable: get_bool(q, "durable", true)?,
@@ -241,7 +315,7 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
         };
         v.declare_queue(required(q, "queues", "name")?, false, options, 0)?;
     }
-    for b in list(&doc, "bindings")? {
+    for b in list(doc, "bindings")? {
         let v = vhost(b, "bindings")?;
         let source = required(b, "bindings", "source")?;
         let destination = required(b, "bindings", "destination")?;
@@ -257,5 +331,5 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
             }
         }
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

@@ -69,6 +69,13 @@ fn render(st: &St) -> String {
         s.fsyncs,
     );
     o.single(
+        "tributary_store_bytes_written_total",
+        "counter",
+        "Bytes written to the message store's segment files.",
+        s.bytes_written,
+    );
+    fsync_latency(&s, &mut o);
+    o.single(
         "tributary_store_commit_batches_total",
         "counter",
         "Group-commit passes of the store's sync thread.",
@@ -210,6 +217,28 @@ fn protocols(st: &St, o: &mut Out) {
             o.sample(name, &[("protocol", p.as_str())], t[i]);
         }
     }
+}
+
+/// How long the store's `fdatasync` calls took, as a histogram.
+fn fsync_latency(s: &tributary_store::StoreStats, o: &mut Out) {
+    use tributary_store::FSYNC_BUCKETS_US;
+    let name = "tributary_store_fsync_duration_seconds";
+    o.family(
+        name,
+        "histogram",
+        "Time taken by fdatasync calls on the message store's segment files.",
+    );
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (us, count) in FSYNC_BUCKETS_US.iter().zip(&s.fsync_buckets) {
+        cumulative += count;
+        let le = format!("{}", *us as f64 / 1e6);
+        o.sample(&bucket, &[("le", &le)], cumulative);
+    }
+    cumulative += s.fsync_buckets[FSYNC_BUCKETS_US.len()];
+    o.sample(&bucket, &[("le", "+Inf")], cumulative);
+    let _ = writeln!(o.0, "{name}_sum {}", s.fsync_micros as f64 / 1e6);
+    o.sample(&format!("{name}_count"), &[], cumulative);
 }
 
 /// The time messages waited in queues before delivery, as a histogram.

@@ -10,15 +10,23 @@
 //! - `access`: users, vhosts, permissions, whoami.
 //! - `definitions`: export and import of the whole configuration.
 //! - `metrics`: the Prometheus text exposition.
+//! - `rates`: the sampler behind `*_details.rate`.
+//! - `listing`: `columns`, `sort` and `sort_reverse` on every GET.
+//! - `limits`: vhost limits (`/api/vhost-limits`).
+//! - `dashboard`: the web dashboard at `/` (assets built into the binary).
 //!
 //! docs/management.md lists every endpoint.
 
 mod access;
 mod auth;
+mod dashboard;
 mod definitions;
 mod json;
+mod limits;
+mod listing;
 mod metrics;
 mod overview;
+mod rates;
 mod resources;
 
 use crate::registry::Registry;
@@ -47,21 +55,28 @@ pub struct Services {
     pub store: Arc<tributary_store::Store>,
     /// The configuration the broker runs with (listeners for the overview).
     pub config: crate::config::Config,
+    /// The XMPP service (rooms and pubsub nodes), when it runs.
+    pub xmpp: Option<Arc<crate::xmpp::XmppContext>>,
 }
 
 /// The management API's shared state.
 pub struct MgmtState {
     s: Services,
     started: Instant,
+    rates: rates::Rates,
 }
 
 impl MgmtState {
-    /// Wraps the services.
+    /// Wraps the services and starts the rate sampler (on the current
+    /// runtime; it stops when the state is dropped).
     pub fn new(s: Services) -> Arc<Self> {
-        Arc::new(MgmtState {
+        let state = Arc::new(MgmtState {
             s,
             started: Instant::now(),
-        })
+            rates: rates::Rates::default(),
+        });
+        rates::spawn(&state);
+        state
     }
 }
 
@@ -87,6 +102,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: St) -> Router<S> {
         .route("/api/mqtt/sessions", get(overview::mqtt_sessions))
         .route("/api/mqtt/retained", get(overview::mqtt_retained))
         .route("/api/xmpp/sessions", get(overview::xmpp_sessions))
+        .route("/api/xmpp/rooms", get(overview::xmpp_rooms))
+        .route("/api/xmpp/pubsub", get(overview::xmpp_pubsub))
+        .route("/api/vhost-limits", get(limits::all))
+        .route("/api/vhost-limits/{vhost}", get(limits::of_vhost))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(limits::put).delete(limits::delete),
+        )
         .route("/api/exchanges", get(resources::exchanges))
         .route("/api/exchanges/{vhost}", get(resources::exchanges_in))
         .route(
@@ -160,7 +183,13 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: St) -> Router<S> {
             "/api/definitions",
             get(definitions::export).post(definitions::import),
         )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
         .route("/api/{*rest}", axum::routing::any(not_found))
+        .layer(axum::middleware::from_fn(listing::columns_and_sort))
+        .merge(dashboard::routes())
         .with_state(state)
 }
 
@@ -175,6 +204,9 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: no or bad credentials.
     Unauthorized,
+    /// 401 without a `WWW-Authenticate` challenge (the request said
+    /// `X-Requested-With: XMLHttpRequest`).
+    UnauthorizedNoChallenge,
     /// 403 with a reason.
     Forbidden(String),
     /// 404.
@@ -206,9 +238,10 @@ impl From<crate::users::UserError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let challenge = matches!(self, ApiError::Unauthorized);
         let (status, error, reason) = match self {
             ApiError::BadRequest(r) => (StatusCode::BAD_REQUEST, "bad_request", r),
-            ApiError::Unauthorized => (
+            ApiError::Unauthorized | ApiError::UnauthorizedNoChallenge => (
                 StatusCode::UNAUTHORIZED,
                 "not_authorized",
                 "Login failed".to_string(),
@@ -222,7 +255,7 @@ impl IntoResponse for ApiError {
             ApiError::Internal(r) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", r),
         };
         let body = axum::Json(serde_json::json!({ "error": error, "reason": reason }));
-        if status == StatusCode::UNAUTHORIZED {
+        if challenge {
             (
                 status,
                 [(

@@ -110,6 +110,13 @@ pub async fn overview(State(st): State<St>, caller: Caller) -> Json<J> {
         a.map(|a| json!({"node": node_name(), "protocol": p, "ip_address": a.ip().to_string(), "port": a.port()}))
     })
     .collect();
+    let mut message_stats = json!({
+        "publish": published,
+        "deliver_get": delivered,
+        "ack": acked,
+        "redeliver": redelivered,
+    });
+    super::rates::add_details(&mut message_stats, st.rates.overall());
     Json(json!({
         "management_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": "3.13.0",
@@ -119,12 +126,8 @@ pub async fn overview(State(st): State<St>, caller: Caller) -> Json<J> {
         "node": node_name(),
         "erlang_version": "n/a",
         "uptime": st.started.elapsed().as_millis() as u64,
-        "message_stats": {
-            "publish": published,
-            "deliver_get": delivered,
-            "ack": acked,
-            "redeliver": redelivered,
-        },
+        "message_stats": message_stats,
+        "protocols": protocols_json(&st, &conns),
         "queue_totals": {
             "messages": ready + unacked,
             "messages_ready": ready,
@@ -140,6 +143,36 @@ pub async fn overview(State(st): State<St>, caller: Caller) -> Json<J> {
         "listeners": listeners,
         "contexts": [],
     }))
+}
+
+/// Tributary's per-protocol figures in the overview: connections, sessions
+/// (AMQP channels, connected MQTT client ids, bound XMPP resources),
+/// message totals over open and closed connections, and their rates.
+fn protocols_json(st: &St, conns: &[Arc<ConnInfo>]) -> J {
+    let mut out = serde_json::Map::new();
+    for p in Protocol::ALL {
+        let mine: Vec<_> = conns.iter().filter(|c| c.protocol == p).collect();
+        let sessions = match p {
+            Protocol::Amqp => mine.iter().map(|c| c.channels().len()).sum(),
+            _ => mine.iter().filter(|c| !c.client().is_empty()).count(),
+        };
+        let [recv_oct, send_oct, published, delivered] = st.s.registry.totals(p);
+        let [publish_rate, deliver_rate] = st.rates.protocol(p);
+        out.insert(
+            p.as_str().to_string(),
+            json!({
+                "connections": mine.len(),
+                "sessions": sessions,
+                "recv_oct": recv_oct,
+                "send_oct": send_oct,
+                "messages_published": published,
+                "messages_delivered": delivered,
+                "publish_details": { "rate": publish_rate },
+                "deliver_details": { "rate": deliver_rate },
+            }),
+        );
+    }
+    J::Object(out)
 }
 
 fn node_json(st: &St) -> J {
@@ -391,8 +424,7 @@ pub async fn mqtt_retained(State(st): State<St>, caller: Caller) -> ApiResult<Js
     )))
 }
 
-/// GET /api/xmpp/sessions: connected XMPP clients (bound JIDs). Rooms and
-/// pubsub nodes are not listed yet.
+/// GET /api/xmpp/sessions: connected XMPP clients (bound JIDs).
 pub async fn xmpp_sessions(State(st): State<St>, caller: Caller) -> Json<J> {
     Json(J::Array(
         visible_connections(&st, &caller)
@@ -411,4 +443,69 @@ pub async fn xmpp_sessions(State(st): State<St>, caller: Caller) -> Json<J> {
             })
             .collect(),
     ))
+}
+
+/// GET /api/xmpp/rooms: Multi-User Chat rooms (XEP-0045) with their
+/// configuration, occupants and affiliations. Monitoring users and
+/// administrators only (rooms belong to no vhost); empty when XMPP is off.
+pub async fn xmpp_rooms(State(st): State<St>, caller: Caller) -> ApiResult<Json<J>> {
+    if !caller.sees_all() {
+        return Err(ApiError::Forbidden("Not monitor user".into()));
+    }
+    let Some(x) = st.s.xmpp.as_ref() else {
+        return Ok(Json(J::Array(Vec::new())));
+    };
+    let (rooms, _) = x.listing();
+    Ok(Json(J::Array(
+        rooms
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "jid": r.jid,
+                    "name": r.name,
+                    "description": r.description,
+                    "subject": r.subject,
+                    "persistent": r.persistent,
+                    "public": r.public,
+                    "members_only": r.members_only,
+                    "password_protected": r.password_protected,
+                    "moderated": r.moderated,
+                    "locked": r.locked,
+                    "occupants": r.occupants.iter().map(|(nick, role)| json!({"nick": nick, "role": role})).collect::<Vec<_>>(),
+                    "affiliations": r.affiliations.iter().map(|(jid, a)| json!({"jid": jid, "affiliation": a})).collect::<Vec<_>>(),
+                    "history": r.history,
+                })
+            })
+            .collect(),
+    )))
+}
+
+/// GET /api/xmpp/pubsub: publish-subscribe nodes of the component and of
+/// users' PEP services. Monitoring users and administrators only.
+pub async fn xmpp_pubsub(State(st): State<St>, caller: Caller) -> ApiResult<Json<J>> {
+    if !caller.sees_all() {
+        return Err(ApiError::Forbidden("Not monitor user".into()));
+    }
+    let Some(x) = st.s.xmpp.as_ref() else {
+        return Ok(Json(J::Array(Vec::new())));
+    };
+    let (_, nodes) = x.listing();
+    Ok(Json(J::Array(
+        nodes
+            .into_iter()
+            .map(|n| {
+                json!({
+                    "service": n.service,
+                    "node": n.node,
+                    "title": n.title,
+                    "access_model": n.access_model,
+                    "max_items": n.max_items,
+                    "persist_items": n.persist_items,
+                    "items": n.items,
+                    "subscriptions": n.subscriptions,
+                    "owners": n.owners,
+                })
+            })
+            .collect(),
+    )))
 }

@@ -58,10 +58,19 @@ fn exchanges_of(v: &VHost) -> Vec<J> {
     xs.iter().map(|x| exchange_json(v.name(), x)).collect()
 }
 
-fn queues_of(v: &VHost) -> Vec<J> {
+/// A queue's JSON with its message rates (`message_stats.*_details`).
+fn queue_with_rates(st: &St, v: &VHost, q: &Queue) -> J {
+    let mut j = queue_json(v.name(), q);
+    if let Some(stats) = j.get_mut("message_stats") {
+        super::rates::add_details(stats, st.rates.queue(v.name(), q.name()));
+    }
+    j
+}
+
+fn queues_of(st: &St, v: &VHost) -> Vec<J> {
     let mut qs = v.queues();
     qs.sort_by(|a, b| a.name().cmp(b.name()));
-    qs.iter().map(|q| queue_json(v.name(), q)).collect()
+    qs.iter().map(|q| queue_with_rates(st, v, q)).collect()
 }
 
 /// GET /api/exchanges.
@@ -199,7 +208,7 @@ pub async fn queues(State(st): State<St>, caller: Caller) -> Json<J> {
     Json(J::Array(
         visible_vhosts(&st, &caller)
             .iter()
-            .flat_map(|v| queues_of(v))
+            .flat_map(|v| queues_of(&st, v))
             .collect(),
     ))
 }
@@ -211,7 +220,7 @@ pub async fn queues_in(
     Path(vhost): Path<String>,
 ) -> ApiResult<Json<J>> {
     let v = vhost_for(&st, &caller, &vhost)?;
-    Ok(Json(J::Array(queues_of(&v))))
+    Ok(Json(J::Array(queues_of(&st, &v))))
 }
 
 /// GET /api/queues/{vhost}/{name}.
@@ -222,7 +231,25 @@ pub async fn queue(
 ) -> ApiResult<Json<J>> {
     let v = vhost_for(&st, &caller, &vhost)?;
     let q = find_queue(&v, &name)?;
-    Ok(Json(queue_json(v.name(), &q)))
+    let mut j = queue_with_rates(&st, &v, &q);
+    // The details view: who consumes, and how it is bound.
+    if let Some(m) = j.as_object_mut() {
+        let consumers: Vec<J> = q
+            .consumers()
+            .into_iter()
+            .map(|(tag, _owner, channel, options)| {
+                json!({
+                    "consumer_tag": &*tag,
+                    "channel_details": { "number": channel },
+                    "ack_required": !options.no_ack,
+                    "exclusive": options.exclusive,
+                    "arguments": { "x-priority": options.priority },
+                })
+            })
+            .collect();
+        m.insert("consumer_details".into(), J::Array(consumers));
+    }
+    Ok(Json(j))
 }
 
 /// PUT /api/queues/{vhost}/{name}: 201 when created, 204 when it existed.

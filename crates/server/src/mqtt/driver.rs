@@ -4,9 +4,9 @@
 //! connection limits and the bound on output waiting for a slow client.
 
 use super::Registry;
-use super::mailbox;
-use super::session::{End, Outbound, Session};
+use super::session::{AuthFlow, End, Outbound, Session};
 use crate::limits::Limits;
+use crate::mailbox;
 use crate::readbuf;
 use crate::users::UserDb;
 use bytes::BytesMut;
@@ -29,8 +29,6 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Queued deliveries turned into packets per wake-up before the output is written.
 const DELIVERY_BATCH: usize = 256;
-/// Largest packet accepted (MQTT 5 Maximum Packet Size; refused before allocation).
-pub const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 
 /// Everything an MQTT connection needs from the broker.
 pub struct MqttContext {
@@ -53,6 +51,14 @@ pub struct MqttContext {
     /// `[mqtt] vhost`: the vhost of clients whose username has no
     /// `vhost:` prefix.
     pub default_vhost: String,
+    /// `[mqtt] tls_vhost`: the same for clients on MQTTS (and WebSocket over HTTPS).
+    pub tls_vhost: String,
+    /// `[mqtt] max_packet_size`: the largest packet accepted (advertised to v5 clients).
+    pub max_packet_size: u32,
+    /// `[mqtt] max_inflight`: QoS 1 and 2 deliveries unacknowledged per client.
+    pub max_inflight: u16,
+    /// `[mqtt] receive_maximum`: QoS 2 publishes a client may leave unreleased.
+    pub receive_maximum: u16,
     /// Connection limits shared with the other protocols.
     pub limits: Arc<Limits>,
     /// `[limits] mqtt_connect_timeout`: time a client has to send CONNECT.
@@ -150,7 +156,13 @@ where
         tx,
     );
     session.max_keep_alive = ctx.max_keep_alive;
-    session.default_vhost.clone_from(&ctx.default_vhost);
+    let tls = crate::registry::Transport::current().is_some_and(|t| t.tls);
+    session.default_vhost.clone_from(if tls {
+        &ctx.tls_vhost
+    } else {
+        &ctx.default_vhost
+    });
+    session.set_limits(ctx.max_packet_size, ctx.max_inflight, ctx.receive_maximum);
     session.limits = Some(ctx.limits.clone());
     session.cert_user = cert_user;
     let mut inbuf = BytesMut::new();
@@ -176,7 +188,24 @@ where
             } else {
                 None
             };
-            match decode(&mut inbuf, version, MAX_PACKET_SIZE) {
+            let decoded = match decode(&mut inbuf, version, ctx.max_packet_size) {
+                // MQTT 5 enhanced authentication (SCRAM) runs before the CONNECT is acted on.
+                Ok(Some(p)) if session.in_enhanced_auth(&p) => {
+                    match session.enhanced_auth(p, &mut packets) {
+                        AuthFlow::Continue => {
+                            write(&mut outbuf, &mut packets, ProtocolVersion::V5);
+                            continue;
+                        }
+                        AuthFlow::Connect(c) => Ok(Some(Packet::Connect(*c))),
+                        AuthFlow::Close => {
+                            write(&mut outbuf, &mut packets, ProtocolVersion::V5);
+                            break 'conn;
+                        }
+                    }
+                }
+                other => other,
+            };
+            match decoded {
                 Ok(None) => break,
                 Ok(Some(Packet::Connect(c))) => {
                     // Boxed: it lives across the takeover wait below.

@@ -4,8 +4,8 @@
 //! MQTT and AMQP share one routing core. See docs/mqtt.md for what works.
 
 pub mod driver;
-mod mailbox;
 mod session;
+pub use session::{RetainedMap, login_target, route, scoped, set_retained, unscope};
 pub mod stored;
 pub mod sys;
 

@@ -2,7 +2,7 @@
 //! (QoS 0, 1, 2), SUBSCRIBE/UNSUBSCRIBE as bindings of the client's queue on
 //! `amq.topic`, deliveries out (QoS 0 and 1, 2), wills, retained messages.
 
-use super::mailbox::UnboundedSender;
+use crate::mailbox::UnboundedSender;
 use crate::users::{Access, DEFAULT_VHOST, UserDb};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -35,12 +35,16 @@ const PAYLOAD_FORMAT_HEADER: &str = "x-mqtt-payload-format";
 const RETAIN_HEADER: &str = "x-mqtt-retain";
 /// Header carrying the QoS a message was published with over MQTT.
 const QOS_HEADER: &str = "x-mqtt-publish-qos";
-/// Deliveries in flight to one client before the queue waits (Receive Maximum).
+/// Default deliveries in flight to one client before the queue waits
+/// (`[mqtt] max_inflight`; a v5 client's lower Receive Maximum wins).
 const INFLIGHT: u32 = 64;
-/// Our Receive Maximum (v5): QoS 2 exchanges a client may keep open towards
-/// us. Generous, because clients such as mqtt.js pipeline publishes; MQTT
-/// 3.1.1 has no such limit (packet ids bound it at 65535).
+/// Default Receive Maximum (v5, `[mqtt] receive_maximum`): QoS 2 exchanges a
+/// client may keep open towards us. Generous, because clients such as
+/// mqtt.js pipeline publishes; MQTT 3.1.1 has no such limit (packet ids
+/// bound it at 65535).
 const RECEIVE_MAXIMUM: u16 = 1024;
+/// Default largest packet accepted (`[mqtt] max_packet_size`).
+const MAX_PACKET_SIZE: u32 = 16 * 1024 * 1024;
 
 /// What a queue sends to an MQTT connection task.
 pub enum Outbound {
@@ -91,6 +95,50 @@ impl ConsumerSink for Sink {
     }
 }
 
+/// Where an MQTT 5 enhanced authentication (SCRAM, [`Session::enhanced_auth`]) leaves the
+/// CONNECT it started with.
+pub enum AuthFlow {
+    /// An AUTH challenge was written: wait for the client's answer.
+    Continue,
+    /// The exchange is over (whatever its outcome): handle this CONNECT as usual; its CONNACK
+    /// carries the outcome.
+    Connect(Box<Connect>),
+    /// The client broke the exchange off (DISCONNECT, or a protocol error whose CONNACK was
+    /// written): close.
+    Close,
+}
+
+/// The SCRAM exchange of one CONNECT, between its AUTH packets.
+struct PendingAuth {
+    /// The CONNECT waiting for the outcome (none for a re-authentication).
+    connect: Option<Box<Connect>>,
+    method: String,
+    login: crate::scram::ScramLogin,
+}
+
+/// What a SCRAM exchange ended with: the user and server-final-message, or why not.
+type AuthOutcome = Result<(String, Bytes), crate::scram::Refusal>;
+
+/// The SCRAM hash an MQTT 5 Authentication Method names (SASL mechanism names, as
+/// RabbitMQ and EMQX use them), if it is one the broker speaks.
+fn scram_method(method: &str) -> Option<tributary_sasl::ScramHash> {
+    match tributary_sasl::ScramHash::from_mechanism(method) {
+        Some((hash, false)) => Some(hash),
+        _ => None,
+    }
+}
+
+/// An AUTH packet of `method` carrying `data`.
+fn auth_packet(reason_code: ReasonCode, method: &str, data: Vec<u8>) -> Packet {
+    let mut a = tributary_mqtt::Auth {
+        reason_code,
+        ..Default::default()
+    };
+    a.properties.authentication_method = Some(method.to_owned());
+    a.properties.authentication_data = Some(Bytes::from(data));
+    Packet::Auth(a)
+}
+
 /// Why the connection ends.
 pub enum End {
     /// Keep going.
@@ -133,6 +181,12 @@ pub struct Session {
     /// `[mqtt] ssl_cert_login`: the user name of the client's verified TLS
     /// certificate, set by the driver only when that option is on.
     pub(super) cert_user: Option<String>,
+    /// A SCRAM exchange under way (before CONNACK, or a re-authentication).
+    pending_auth: Option<PendingAuth>,
+    /// How the CONNECT's SCRAM exchange ended, until its CONNACK.
+    auth_outcome: Option<AuthOutcome>,
+    /// The Authentication Method the client logged in with (re-authentication uses it).
+    auth_method: Option<String>,
     will: Option<tributary_mqtt::Will>,
     queue: Option<Arc<Queue>>,
     sink: Option<Arc<Sink>>,
@@ -156,6 +210,12 @@ pub struct Session {
     aliases: HashMap<u16, String>,
     /// min(the client's Receive Maximum, ours): deliveries in flight.
     receive_maximum: u32,
+    /// `[mqtt] max_inflight`: the most deliveries in flight.
+    max_inflight: u32,
+    /// `[mqtt] receive_maximum`: our Receive Maximum (QoS 2 publishes unreleased).
+    our_receive_maximum: u16,
+    /// `[mqtt] max_packet_size`: our Maximum Packet Size, advertised to v5 clients.
+    our_max_packet_size: u32,
     /// `$share/{group}/{filter}` subscriptions: the group's queue and our consumer tag on it.
     shared: HashMap<String, (Arc<Queue>, Arc<str>)>,
     next_packet_id: u16,
@@ -248,6 +308,9 @@ impl Session {
             keep_alive: 0,
             max_keep_alive: u16::MAX,
             cert_user: None,
+            pending_auth: None,
+            auth_outcome: None,
+            auth_method: None,
             will: None,
             queue: None,
             sink: None,
@@ -261,6 +324,9 @@ impl Session {
             sub_flags: HashMap::new(),
             aliases: HashMap::new(),
             receive_maximum: INFLIGHT,
+            max_inflight: INFLIGHT,
+            our_receive_maximum: RECEIVE_MAXIMUM,
+            our_max_packet_size: MAX_PACKET_SIZE,
             shared: HashMap::new(),
             next_packet_id: 0,
             outgoing: HashMap::new(),
@@ -276,6 +342,15 @@ impl Session {
             received,
             tx,
         }
+    }
+
+    /// The `[mqtt]` limits: the largest packet accepted (only advertised here; the driver
+    /// enforces it), deliveries in flight, and our Receive Maximum. Set before CONNECT.
+    pub fn set_limits(&mut self, max_packet_size: u32, max_inflight: u16, receive_maximum: u16) {
+        self.our_max_packet_size = max_packet_size;
+        self.max_inflight = u32::from(max_inflight.max(1));
+        self.receive_maximum = self.max_inflight;
+        self.our_receive_maximum = receive_maximum.max(1);
     }
 
     fn v5(&self) -> bool {
@@ -296,7 +371,8 @@ impl Session {
         if version.is_v5() {
             let p = &mut ack.properties;
             p.assigned_client_identifier = assigned;
-            p.receive_maximum = Some(RECEIVE_MAXIMUM);
+            p.receive_maximum = Some(self.our_receive_maximum);
+            p.maximum_packet_size = Some(self.our_max_packet_size);
             p.maximum_qos = None;
             p.retain_available = Some(true);
             p.wildcard_subscription_available = Some(true);
@@ -323,12 +399,15 @@ impl Session {
         } else {
             c.client_id.clone()
         };
-        if version.is_v5() && c.properties.authentication_method.is_some() {
-            // No enhanced authentication method is supported (yet).
+        if let Some(method) = c.properties.authentication_method.as_deref()
+            && (!version.is_v5() || scram_method(method).is_none() || self.auth_outcome.is_none())
+        {
+            // Only SCRAM, whose exchange ran before (`enhanced_auth`).
+            tracing::warn!(peer = %self.peer, method, "MQTT authentication method refused");
             return refuse(self, ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
         if let Some(rm) = c.properties.receive_maximum {
-            self.receive_maximum = u32::from(rm).clamp(1, INFLIGHT);
+            self.receive_maximum = u32::from(rm).clamp(1, self.max_inflight);
         }
         if version.is_v5() {
             self.max_packet_size = c.properties.maximum_packet_size;
@@ -336,9 +415,19 @@ impl Session {
         }
         let (vhost_name, user, password) = self.credentials(&c);
         if let Err(e) = self.check_password(&c, &user, &password) {
-            tracing::warn!(peer = %self.peer, user = %user, reason = %e, "MQTT login refused");
+            let detail = match &self.auth_outcome {
+                Some(Err(r)) => r.detail.as_str(),
+                _ => "",
+            };
+            let method = c.properties.authentication_method.as_deref().unwrap_or("");
+            tracing::warn!(peer = %self.peer, user = %user, reason = %e, method, detail, "MQTT login refused");
             return refuse(self, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
         }
+        // SCRAM's server-final-message goes back in the CONNACK (MQTT 5 4.12).
+        let server_final = match self.auth_outcome.take() {
+            Some(Ok((_, server_final))) => Some(server_final),
+            _ => None,
+        };
         let vhost = crate::vhosts::resolve(&self.broker, &self.users, &vhost_name);
         let Some(vhost) = vhost.filter(|_| self.users.vhost_access(&user, &vhost_name)) else {
             tracing::warn!(peer = %self.peer, user = %user, vhost = %vhost_name, "MQTT vhost access refused");
@@ -438,12 +527,171 @@ impl Session {
         if let Packet::ConnAck(a) = &mut ack {
             a.session_present = session_present;
             a.properties.server_keep_alive = server_keep_alive;
+            if server_final.is_some() {
+                self.auth_method
+                    .clone_from(&c.properties.authentication_method);
+                a.properties
+                    .authentication_method
+                    .clone_from(&c.properties.authentication_method);
+                a.properties.authentication_data = server_final;
+            }
         }
         (ack, true)
     }
 
     fn persistent_queue_name(&self) -> String {
         persistent_queue_name(&self.client_id)
+    }
+
+    /// Whether `packet` belongs to an MQTT 5 enhanced authentication that must run before the
+    /// CONNECT is acted on: a v5 CONNECT naming a SCRAM Authentication Method, or any packet
+    /// while such an exchange is under way. The driver then hands it to
+    /// [`Session::enhanced_auth`] instead of handling it.
+    pub fn in_enhanced_auth(&self, packet: &Packet) -> bool {
+        match packet {
+            _ if self
+                .pending_auth
+                .as_ref()
+                .is_some_and(|p| p.connect.is_some()) =>
+            {
+                true
+            }
+            Packet::Connect(c) => {
+                c.protocol_version.is_v5()
+                    && self.auth_outcome.is_none()
+                    && c.properties
+                        .authentication_method
+                        .as_deref()
+                        .and_then(scram_method)
+                        .is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// One step of an MQTT 5 enhanced authentication (4.12) with SCRAM-SHA-256 or SCRAM-SHA-1:
+    /// the CONNECT's Authentication Data is client-first-message, answered with AUTH 0x18
+    /// (server-first-message); the client's AUTH 0x18 carries client-final-message, after which
+    /// the CONNECT is handed back ([`AuthFlow::Connect`]) and [`Session::connect`] answers with
+    /// CONNACK 0x00 and server-final-message, or 0x86 Bad User Name or Password.
+    pub fn enhanced_auth(&mut self, packet: Packet, out: &mut Vec<Packet>) -> AuthFlow {
+        match (self.pending_auth.take(), packet) {
+            (None, Packet::Connect(c)) => {
+                let method = c
+                    .properties
+                    .authentication_method
+                    .clone()
+                    .unwrap_or_default();
+                let Some(hash) = scram_method(&method) else {
+                    return AuthFlow::Connect(Box::new(c));
+                };
+                // AUTH packets follow: they decode as v5.
+                self.version = Some(c.protocol_version);
+                let data = c.properties.authentication_data.clone().unwrap_or_default();
+                match crate::scram::ScramLogin::start(&self.users, hash, &data) {
+                    Ok((login, server_first)) => {
+                        out.push(auth_packet(
+                            ReasonCode::CONTINUE_AUTHENTICATION,
+                            &method,
+                            server_first,
+                        ));
+                        self.pending_auth = Some(PendingAuth {
+                            connect: Some(Box::new(c)),
+                            method,
+                            login,
+                        });
+                        AuthFlow::Continue
+                    }
+                    Err(refusal) => {
+                        self.auth_outcome = Some(Err(refusal));
+                        AuthFlow::Connect(Box::new(c))
+                    }
+                }
+            }
+            (Some(pending), Packet::Auth(a))
+                if pending.connect.is_some()
+                    && a.reason_code == ReasonCode::CONTINUE_AUTHENTICATION
+                    && a.properties.authentication_method.as_deref()
+                        == Some(pending.method.as_str()) =>
+            {
+                let data = a.properties.authentication_data.unwrap_or_default();
+                let outcome = pending
+                    .login
+                    .finish(&self.users, self.peer.ip(), &data)
+                    .map(|(user, server_final)| (user, Bytes::from(server_final)));
+                self.auth_outcome = Some(outcome);
+                match pending.connect {
+                    Some(c) => AuthFlow::Connect(c),
+                    None => AuthFlow::Close,
+                }
+            }
+            (Some(_), Packet::Disconnect(_)) => AuthFlow::Close,
+            (_, other) => {
+                // Only AUTH (with the CONNECT's method) or DISCONNECT before CONNACK (4.12).
+                tracing::info!(peer = %self.peer, packet = ?other.packet_type(), "MQTT protocol error during enhanced authentication");
+                out.push(Packet::ConnAck(ConnAck {
+                    reason_code: ReasonCode::PROTOCOL_ERROR,
+                    ..Default::default()
+                }));
+                AuthFlow::Close
+            }
+        }
+    }
+
+    /// Re-authentication (MQTT 5 4.12.1): AUTH 0x19 with the CONNECT's method starts a new
+    /// SCRAM exchange for the same user; success is AUTH 0x00 with server-final-message, failure
+    /// DISCONNECT 0x87 Not authorized. A client that did not authenticate this way gets 0x82.
+    fn reauthenticate(&mut self, a: tributary_mqtt::Auth, out: &mut Vec<Packet>) -> End {
+        let method = a.properties.authentication_method.clone();
+        let hash = match (&self.auth_method, &method) {
+            (Some(ours), Some(theirs)) if ours == theirs => scram_method(ours),
+            _ => None,
+        };
+        let Some(hash) = hash else {
+            return self.disconnect(ReasonCode::PROTOCOL_ERROR);
+        };
+        let method = method.unwrap_or_default();
+        let data = a.properties.authentication_data.unwrap_or_default();
+        match (a.reason_code, self.pending_auth.take()) {
+            (ReasonCode::RE_AUTHENTICATE, None) => {
+                match crate::scram::ScramLogin::start(&self.users, hash, &data) {
+                    Ok((login, server_first)) => {
+                        out.push(auth_packet(
+                            ReasonCode::CONTINUE_AUTHENTICATION,
+                            &method,
+                            server_first,
+                        ));
+                        self.pending_auth = Some(PendingAuth {
+                            connect: None,
+                            method,
+                            login,
+                        });
+                        End::No
+                    }
+                    Err(r) => self.reauth_failed(&r),
+                }
+            }
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(pending)) => {
+                match pending.login.finish(&self.users, self.peer.ip(), &data) {
+                    Ok((user, server_final)) if user == self.user => {
+                        out.push(auth_packet(ReasonCode::SUCCESS, &method, server_final));
+                        End::No
+                    }
+                    Ok((user, _)) => self.reauth_failed(&crate::scram::Refusal {
+                        user,
+                        error: crate::users::AuthError::InvalidCredentials,
+                        detail: "re-authentication as another user".into(),
+                    }),
+                    Err(r) => self.reauth_failed(&r),
+                }
+            }
+            _ => self.disconnect(ReasonCode::PROTOCOL_ERROR),
+        }
+    }
+
+    fn reauth_failed(&mut self, r: &crate::scram::Refusal) -> End {
+        tracing::warn!(peer = %self.peer, user = %r.user, reason = %r.error, detail = %r.detail, "MQTT re-authentication refused");
+        self.disconnect(ReasonCode::NOT_AUTHORIZED)
     }
 
     /// Takes over a stored session's exactly-once state: the packet ids the
@@ -480,6 +728,16 @@ impl Session {
     /// The vhost, user and password a CONNECT logs in with (anonymous
     /// clients act as guest, which by default only works from loopback).
     fn credentials(&self, c: &Connect) -> (String, String, String) {
+        if let Some(outcome) = &self.auth_outcome {
+            // SCRAM named the user; a User Name may still choose the vhost (`vhost:user`).
+            let scram_user = match outcome {
+                Ok((user, _)) => user.as_str(),
+                Err(r) => r.user.as_str(),
+            };
+            let name = c.username.as_deref().unwrap_or(scram_user);
+            let (vhost, user) = login_target(&self.users, &self.default_vhost, Some(name));
+            return (vhost.to_string(), user.to_string(), String::new());
+        }
         let name = self.cert_login(c).or(c.username.as_deref());
         let (vhost, user) = login_target(&self.users, &self.default_vhost, name);
         let password = match (&c.username, &c.password) {
@@ -511,6 +769,12 @@ impl Session {
         user: &str,
         password: &str,
     ) -> Result<(), crate::users::AuthError> {
+        match &self.auth_outcome {
+            Some(Ok((scram_user, _))) if scram_user == user => return Ok(()),
+            Some(Err(r)) => return Err(r.error.clone()),
+            Some(Ok(_)) => return Err(crate::users::AuthError::InvalidCredentials),
+            None => {}
+        }
         if self.cert_login(c).is_none() {
             return self
                 .users
@@ -728,6 +992,7 @@ impl Session {
             }
             Packet::Subscribe(s) => self.subscribe(s, out),
             Packet::Unsubscribe(u) => self.unsubscribe(u, out),
+            Packet::Auth(a) if self.v5() => self.reauthenticate(a, out),
             Packet::PingReq => {
                 out.push(Packet::PingResp);
                 End::No
@@ -914,7 +1179,7 @@ impl Session {
                 // Our Receive Maximum bounds the QoS 2 exchanges a client keeps open.
                 if !self.incoming_qos2.contains(&id)
                     && self.v5()
-                    && self.incoming_qos2.len() >= usize::from(RECEIVE_MAXIMUM)
+                    && self.incoming_qos2.len() >= usize::from(self.our_receive_maximum)
                 {
                     return self.disconnect(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
                 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tributary_store::Store;
 use tributary_xmpp::c2s::SmState;
@@ -80,7 +80,7 @@ struct SessionHandle {
 /// estimate of their serialized size, in bytes.
 #[derive(Clone)]
 pub struct MailboxSender {
-    tx: mpsc::Sender<(SessionMsg, usize)>,
+    tx: crate::mailbox::UnboundedSender<(SessionMsg, usize)>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
     drained: Arc<tokio::sync::Notify>,
@@ -88,7 +88,7 @@ pub struct MailboxSender {
 
 /// The receiving side of a session's mailbox.
 pub struct MailboxReceiver {
-    rx: mpsc::Receiver<(SessionMsg, usize)>,
+    rx: crate::mailbox::Receiver<(SessionMsg, usize)>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
     drained: Arc<tokio::sync::Notify>,
@@ -108,7 +108,8 @@ impl MailboxSender {
             _ => 0,
         };
         let before = self.queued.fetch_add(size, Ordering::AcqRel);
-        if (before > 0 && before + size > self.max_bytes) || self.tx.try_send((msg, size)).is_err()
+        if (before > 0 && before + size > self.max_bytes)
+            || self.tx.try_send_bounded((msg, size), MAILBOX).is_err()
         {
             self.queued.fetch_sub(size, Ordering::AcqRel);
             return Err(MailboxFull);
@@ -118,7 +119,7 @@ impl MailboxSender {
 
     /// More than half full: senders should wait before adding to it.
     pub fn congested(&self) -> bool {
-        self.queued.load(Ordering::Acquire) > self.max_bytes / 2 || self.tx.capacity() < MAILBOX / 2
+        self.queued.load(Ordering::Acquire) > self.max_bytes / 2 || self.tx.len() > MAILBOX / 2
     }
 
     /// Waits until `deadline` for the mailbox to be no longer congested;
@@ -135,9 +136,10 @@ impl MailboxSender {
         }
     }
 
-    /// Queues a control message (no stanza), waiting for room.
+    /// Queues a control message (no stanza), even past the bound: there
+    /// are only a few (close, take over).
     async fn send_control(&self, msg: SessionMsg) -> Result<(), MailboxFull> {
-        self.tx.send((msg, 0)).await.map_err(|_| MailboxFull)
+        self.tx.send((msg, 0)).map_err(|_| MailboxFull)
     }
 }
 
@@ -151,7 +153,7 @@ impl MailboxReceiver {
 
     /// The next message if one is queued.
     pub fn try_recv(&mut self) -> Option<SessionMsg> {
-        let (msg, size) = self.rx.try_recv().ok()?;
+        let (msg, size) = self.rx.try_recv()?;
         self.took(size);
         Some(msg)
     }
@@ -218,6 +220,18 @@ impl Accounts for UserAccounts<'_> {
 }
 
 impl XmppContext {
+    /// Read-only summaries of the MUC rooms and publish-subscribe nodes
+    /// (for the management API).
+    pub fn listing(
+        &self,
+    ) -> (
+        Vec<tributary_xmpp::hub::RoomSummary>,
+        Vec<tributary_xmpp::hub::NodeSummary>,
+    ) {
+        let hub = self.hub.lock();
+        (hub.rooms(), hub.pubsub_nodes())
+    }
+
     /// Builds the service and restores its persisted state from the store.
     pub fn new(
         config: XmppConfig,
@@ -263,9 +277,8 @@ impl XmppContext {
             let rows = store.meta_list(table)?;
             hub.restore(table, rows)?;
         }
-        let mut secret = [0u8; 32];
-        secret[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        // Shared with AMQP and MQTT: an unknown user's fake salt is the same on every protocol.
+        let secret = *crate::scram::fake_secret();
         Ok(XmppContext {
             config,
             limits,
@@ -523,7 +536,8 @@ impl XmppContext {
 /// A mailbox for a new session, holding at most `max_bytes` of stanzas
 /// (and [`MAILBOX`] messages).
 pub fn mailbox(max_bytes: usize) -> (MailboxSender, MailboxReceiver) {
-    let (tx, rx) = mpsc::channel(MAILBOX);
+    // Allocates nothing until the first stanza (memory per idle connection).
+    let (tx, rx) = crate::mailbox::unbounded();
     let queued = Arc::new(AtomicUsize::new(0));
     let drained = Arc::new(tokio::sync::Notify::new());
     (

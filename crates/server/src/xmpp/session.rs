@@ -128,6 +128,7 @@ fn c2s_config(ctx: &XmppContext, peer: IpAddr, secure: bool, framed: bool) -> C2
         max_auth_attempts: 3,
         limits: Limits {
             max_stanza_bytes: ctx.config.max_stanza_size,
+            max_depth: ctx.config.max_depth,
             ..Limits::default()
         },
         stream_id: uuid::Uuid::new_v4().simple().to_string(),

@@ -70,6 +70,7 @@ mod carbons;
 mod disco;
 mod errors;
 mod iq;
+mod listing;
 mod mam;
 mod message;
 mod muc;
@@ -92,6 +93,7 @@ use jid::{BareJid, FullJid, Jid};
 use tributary_xmpp_xml::Element;
 
 pub use errors::{HubError, StanzaError};
+pub use listing::{NodeSummary, RoomSummary};
 
 use crate::ns;
 
@@ -372,7 +374,13 @@ impl Hub {
         if let Some(to) = &to
             && self.is_muc_domain(to.domain().as_str())
         {
-            self.muc_stanza(session, from, to.clone(), stanza, now_unix_ms, out);
+            let cx = muc::MucCx {
+                session,
+                from,
+                now: now_unix_ms,
+                accounts,
+            };
+            self.muc_stanza(&cx, to.clone(), stanza, out);
             return;
         }
         let cx = Ctx {

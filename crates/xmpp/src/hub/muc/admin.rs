@@ -162,7 +162,7 @@ impl Hub {
     }
 
     /// Kick (role none), voice (participant/visitor), moderator (§8.2-§8.5, §9.6).
-    fn change_role(
+    pub(super) fn change_role(
         &mut self,
         cx: &MucCx,
         room: &BareJid,

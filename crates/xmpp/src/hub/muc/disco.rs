@@ -29,6 +29,7 @@ fn room_features(r: &Room) -> Vec<&'static str> {
     vec![
         ns::MUC,
         ns::MUC_SELF_PING,
+        ns::MUC_REQUEST,
         ns::MAM,
         ns::SID,
         pick(c.persistent, "muc_persistent", "muc_temporary"),

@@ -5,7 +5,9 @@ use jid::BareJid;
 use tributary_xmpp_xml::Element;
 
 use super::MucCx;
+use super::invite::Mediated;
 use super::room::{Role, Subject};
+use super::voice;
 use crate::hub::sessions::deliver;
 use crate::hub::{Hub, Output, StanzaError};
 use crate::ns;
@@ -26,6 +28,12 @@ impl Hub {
         let Some(r) = self.muc.rooms.get(&room) else {
             return self.bounce(cx.session, &stanza, StanzaError::item_not_found(), out);
         };
+        if let Some(what) = Mediated::of(&stanza) {
+            return self.room_mediated(cx, &room, &stanza, what, out);
+        }
+        if let Some(form) = voice::request_form(&stanza) {
+            return self.room_voice_form(cx, &room, &stanza, form, out);
+        }
         let Some(i) = r.by_session(cx.session) else {
             return self.bounce(cx.session, &stanza, StanzaError::not_acceptable(), out);
         };

@@ -16,6 +16,9 @@
 //! - Private messages go between occupants only, with a `muc#user` `<x/>`.
 //! - IQs to another occupant are not relayed (`<feature-not-implemented/>`);
 //!   a ping to one's own occupant JID is answered (XEP-0410).
+//! - A mediated invitation's decline is relayed only to someone who
+//!   invited the decliner (`invite`), so the room relays nothing else; a
+//!   voice request goes to the moderators present (`voice`).
 //! - A temporary room is destroyed when its last occupant leaves;
 //!   persistent rooms are stored (table `xmpp_muc_room`, keyed by room JID,
 //!   JSON `{"config":{..},"affiliations":[[jid,aff]],"subject":{..}?}`) and
@@ -23,11 +26,16 @@
 
 mod admin;
 mod disco;
+mod invite;
 mod join;
 mod message;
 mod owner;
 pub(super) mod room;
 mod store;
+mod voice;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,7 +44,7 @@ use tributary_xmpp_xml::Element;
 
 use super::iq::result_for;
 use super::sessions::deliver;
-use super::{Hub, Output, SessionId, StanzaError};
+use super::{Accounts, Hub, Output, SessionId, StanzaError};
 use crate::ns;
 use room::{Affiliation, Occupant, Role, Room};
 
@@ -57,13 +65,15 @@ pub(super) struct Muc {
 }
 
 /// The sender of a stanza to the service.
-pub(super) struct MucCx {
+pub(super) struct MucCx<'a> {
     /// Its session.
     pub(super) session: SessionId,
     /// Its full JID.
     pub(super) from: FullJid,
     /// The time.
     pub(super) now: u64,
+    /// The account lookup (invitations name users who must exist).
+    pub(super) accounts: &'a dyn Accounts,
 }
 
 /// `<x xmlns='muc#user'>` with an item and status codes.
@@ -200,28 +210,26 @@ impl Hub {
     /// A stanza addressed to the MUC service, a room or an occupant.
     pub(super) fn muc_stanza(
         &mut self,
-        session: SessionId,
-        from: FullJid,
+        cx: &MucCx<'_>,
         to: Jid,
         stanza: Element,
-        now: u64,
         out: &mut Vec<Output>,
     ) {
-        let cx = MucCx { session, from, now };
+        let session = cx.session;
         if to.node().is_none() {
-            return self.muc_service_stanza(&cx, stanza, out);
+            return self.muc_service_stanza(cx, stanza, out);
         }
         let room = to.to_bare();
         let nick = to.resource().map(|r| r.as_str().to_string());
         match (stanza.name.as_str(), nick) {
-            ("presence", Some(nick)) => self.room_presence(&cx, room, nick, stanza, out),
+            ("presence", Some(nick)) => self.room_presence(cx, room, nick, stanza, out),
             ("presence", None) if stanza.attr("type").is_none() => {
                 self.bounce(session, &stanza, StanzaError::jid_malformed(), out);
             }
-            ("message", None) => self.room_message(&cx, room, stanza, out),
-            ("message", Some(nick)) => self.private_message(&cx, room, nick, stanza, out),
-            ("iq", None) => self.room_iq(&cx, room, stanza, out),
-            ("iq", Some(nick)) => self.occupant_iq(&cx, room, nick, stanza, out),
+            ("message", None) => self.room_message(cx, room, stanza, out),
+            ("message", Some(nick)) => self.private_message(cx, room, nick, stanza, out),
+            ("iq", None) => self.room_iq(cx, room, stanza, out),
+            ("iq", Some(nick)) => self.occupant_iq(cx, room, nick, stanza, out),
             _ => {}
         }
     }

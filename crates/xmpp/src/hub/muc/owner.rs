@@ -88,6 +88,12 @@ fn config_form(c: &Config) -> Element {
             b(c.change_subject),
         ),
         Field::new(
+            "muc#roomconfig_allowinvites",
+            "boolean",
+            "Allow members to invite others",
+            b(c.allow_invites),
+        ),
+        Field::new(
             "muc#roomconfig_historylength",
             "text-single",
             "History length",
@@ -151,6 +157,9 @@ fn apply_form(c: &mut Config, x: &Element) -> Result<(), StanzaError> {
     }
     if let Some(v) = flag("changesubject")? {
         next.change_subject = v;
+    }
+    if let Some(v) = flag("allowinvites")? {
+        next.allow_invites = v;
     }
     if let Some(v) = text("whois") {
         next.whois_anyone = match v.as_str() {

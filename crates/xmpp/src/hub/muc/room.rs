@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use jid::{BareJid, FullJid};
+use jid::{BareJid, FullJid, Jid};
 use tributary_xmpp_xml::Element;
 
 use crate::hub::SessionId;
@@ -109,6 +109,9 @@ pub(in crate::hub) struct Config {
     pub(in crate::hub) change_subject: bool,
     /// Messages kept for the history sent on join.
     pub(in crate::hub) history_length: usize,
+    /// Members (not only admins and owners) may invite others into a
+    /// members-only room, which makes the invitee a member (§9.3).
+    pub(in crate::hub) allow_invites: bool,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             max_users: 0,
             change_subject: false,
             history_length: DEFAULT_HISTORY,
+            allow_invites: false,
         }
     }
 }
@@ -185,6 +189,9 @@ pub(in crate::hub) struct Room {
     pub(in crate::hub) history: VecDeque<Past>,
     /// Newly created and not yet configured: nobody else may enter.
     pub(in crate::hub) locked: bool,
+    /// Mediated invitations not yet declined: invitee → inviters (real
+    /// bare JIDs), so that a decline goes only to someone who invited.
+    pub(in crate::hub) invited: BTreeMap<BareJid, Vec<Jid>>,
 }
 
 impl Room {
@@ -198,6 +205,7 @@ impl Room {
             subject: None,
             history: VecDeque::new(),
             locked: false,
+            invited: BTreeMap::new(),
         }
     }
 

@@ -37,6 +37,7 @@ struct ConfigRow {
     max_users: usize,
     change_subject: bool,
     history_length: usize,
+    allow_invites: bool,
 }
 
 impl Default for ConfigRow {
@@ -58,6 +59,7 @@ impl From<&Config> for ConfigRow {
             max_users: c.max_users,
             change_subject: c.change_subject,
             history_length: c.history_length,
+            allow_invites: c.allow_invites,
         }
     }
 }
@@ -99,6 +101,7 @@ fn decode(jid: BareJid, bytes: &[u8]) -> Result<Room, String> {
         } else {
             c.history_length
         },
+        allow_invites: c.allow_invites,
     };
     for (j, a) in row.affiliations {
         let jid = BareJid::new(&j).map_err(|e| format!("affiliation {j}: {e}"))?;

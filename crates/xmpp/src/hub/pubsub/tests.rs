@@ -808,3 +808,30 @@ fn verified_caps_are_cached_for_the_next_resource() {
         [(NICK.to_string(), "items/item".to_string())]
     );
 }
+
+#[test]
+fn default_configuration_of_leaf_nodes_only() {
+    let mut h = three();
+    // No type and `leaf` are the leaf defaults (XEP-0060 §8.3, 1.27).
+    for default in [
+        Element::new("default", ns::PUBSUB_OWNER),
+        Element::new("default", ns::PUBSUB_OWNER).with_attr("type", "leaf"),
+    ] {
+        let out = h.send(1, iq("get", "d", Some(SVC), Some(owner(default))));
+        ok(&out, 1);
+        let form = delivered(&out, 1)[0]
+            .child("pubsub", ns::PUBSUB_OWNER)
+            .and_then(|p| p.child("default", ns::PUBSUB_OWNER))
+            .and_then(|d| d.child("x", ns::DATA_FORMS))
+            .cloned();
+        assert!(form.is_some(), "{out:#?}");
+    }
+    // Collections are XEP-0248's, which we do not have.
+    let collection = Element::new("default", ns::PUBSUB_OWNER).with_attr("type", "collection");
+    err(
+        &h.send(1, iq("get", "d", Some(SVC), Some(owner(collection)))),
+        1,
+        "feature-not-implemented",
+        Some("unsupported"),
+    );
+}

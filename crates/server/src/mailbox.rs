@@ -1,12 +1,14 @@
-//! The channel from queues (and the store's durability callbacks) to one
-//! MQTT connection: unbounded (the in-flight window and the QoS 0 drop bound
-//! it in practice), one receiver, and no allocation until a message is sent.
+//! The channel that feeds one connection's task: from queues and the
+//! store's durability callbacks to an MQTT connection, from the XMPP hub to
+//! a session. Many senders, one receiver, and no allocation until a message
+//! is sent.
 //!
-//! tokio's unbounded channel allocates a block of 32 slots when it is
-//! created, about 3 KiB for [`super::session::Outbound`], which was a quarter
-//! of an idle connection's memory; this one is a mutex-protected `VecDeque`
-//! that is empty (and unallocated) while the connection idles, and that the
-//! receiver takes in batches.
+//! tokio's channels allocate a block of 32 slots when they are created,
+//! about 3 KiB for an MQTT delivery or an XMPP stanza, which was a quarter
+//! of an idle MQTT connection's memory; this one is a mutex-protected
+//! `VecDeque` that is empty (and unallocated) while the connection idles,
+//! and that the receiver can take in batches. Unbounded unless the sender
+//! asks for a bound ([`UnboundedSender::try_send_bounded`]).
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -27,7 +29,7 @@ struct State<T> {
 
 type Shared<T> = Arc<Mutex<State<T>>>;
 
-/// A sending half; cloned for each queue consumer.
+/// A sending half; cloned for each producer.
 pub struct UnboundedSender<T> {
     shared: Shared<T>,
 }
@@ -60,9 +62,19 @@ pub fn unbounded<T>() -> (UnboundedSender<T>, Receiver<T>) {
 impl<T> UnboundedSender<T> {
     /// Queues `item` for the receiver, or gives it back if the receiver has closed.
     pub fn send(&self, item: T) -> Result<(), SendError<T>> {
+        self.push(item, usize::MAX)
+    }
+
+    /// Queues `item` unless `bound` messages wait already or the receiver
+    /// has closed.
+    pub fn try_send_bounded(&self, item: T, bound: usize) -> Result<(), SendError<T>> {
+        self.push(item, bound)
+    }
+
+    fn push(&self, item: T, bound: usize) -> Result<(), SendError<T>> {
         let waker = {
             let mut st = self.shared.lock();
-            if st.closed {
+            if st.closed || st.items.len() >= bound {
                 return Err(SendError(item));
             }
             st.items.push_back(item);
@@ -72,6 +84,16 @@ impl<T> UnboundedSender<T> {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.shared.lock().items.len()
+    }
+
+    /// Whether the receiver has closed or gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
     }
 }
 
@@ -123,9 +145,38 @@ impl<T> Receiver<T> {
         .await
     }
 
+    /// Waits for the next message; `None` once every sender is gone and
+    /// nothing is left. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(item) = st.items.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            if st.senders == 0 {
+                return Poll::Ready(None);
+            }
+            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Takes one queued message without waiting.
     pub fn try_recv(&mut self) -> Option<T> {
-        self.shared.lock().items.pop_front()
+        let mut st = self.shared.lock();
+        let item = st.items.pop_front();
+        if st.items.is_empty() && st.items.capacity() > KEEP_CAPACITY {
+            st.items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.shared.lock().items.len()
     }
 
     /// Refuses further sends; what is queued can still be taken.
@@ -174,6 +225,20 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
         drop((tx, tx2));
         assert!(!rx.recv_many(&mut batch).await);
+    }
+
+    #[tokio::test]
+    async fn bounded_sends_refuse_past_the_bound() {
+        let (tx, mut rx) = unbounded();
+        tx.try_send_bounded(1, 2).unwrap();
+        tx.try_send_bounded(2, 2).unwrap();
+        assert_eq!(tx.try_send_bounded(3, 2).unwrap_err().0, 3);
+        assert_eq!(tx.len(), 2);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.len(), 1);
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
     }
 
     #[tokio::test]
