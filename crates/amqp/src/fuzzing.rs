@@ -119,6 +119,11 @@ pub fn connection_target(data: &[u8]) {
             assert!(!closed, "event after Closed: {ev:?}");
             match ev {
                 Event::Authenticate { .. } => conn.accept_auth(),
+                // SCRAM rounds: a challenge per response until the bound, then success.
+                Event::AuthStep { round, .. } if round < 2 => {
+                    conn.auth_challenge(b"r=x,s=eA==,i=1")
+                }
+                Event::AuthStep { .. } => conn.accept_auth_with_data("fuzz", b"v=eA=="),
                 Event::Open { .. } => conn.accept_open(),
                 Event::Closed { .. } => closed = true,
                 Event::Method {

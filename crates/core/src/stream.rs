@@ -124,7 +124,12 @@ impl StreamSettings {
                 None => Ok(None),
                 Some(v) => match v.as_i64() {
                     Some(n) if n >= 0 => Ok(Some(n as u64)),
-                    _ => Err(invalid(queue, vhost, key, "{unacceptable_type,not_a_positive_integer}")),
+                    _ => Err(invalid(
+                        queue,
+                        vhost,
+                        key,
+                        "{unacceptable_type,not_a_positive_integer}",
+                    )),
                 },
             }
         };
@@ -135,8 +140,8 @@ impl StreamSettings {
                 None => return Err(invalid(queue, vhost, "x-max-age", "{invalid_max_age}")),
             },
         };
-        let max_segment_bytes = bytes("x-stream-max-segment-size-bytes")?
-            .unwrap_or(DEFAULT_MAX_SEGMENT_BYTES);
+        let max_segment_bytes =
+            bytes("x-stream-max-segment-size-bytes")?.unwrap_or(DEFAULT_MAX_SEGMENT_BYTES);
         if max_segment_bytes > 3_000_000_000 {
             return Err(CoreError::PreconditionFailed(
                 "Exceeded max value for x-stream-max-segment-size-bytes".into(),
@@ -298,7 +303,13 @@ impl StreamCursor for MemoryCursor {
         let st = self.records.lock();
         self.next = self.next.max(st.first);
         let from = (self.next - st.first) as usize;
-        let out: Vec<StreamRecord> = st.records.iter().skip(from).take(max_records).cloned().collect();
+        let out: Vec<StreamRecord> = st
+            .records
+            .iter()
+            .skip(from)
+            .take(max_records)
+            .cloned()
+            .collect();
         if let Some(last) = out.last() {
             self.next = last.offset + 1;
         }
@@ -322,8 +333,14 @@ mod tests {
         assert_eq!(parse_age("h"), None);
         let s = |t: &'static str| Value::LongStr(Bytes::from_static(t.as_bytes()));
         assert_eq!(parse_start(None, 0).unwrap(), StreamStart::Next);
-        assert_eq!(parse_start(Some(&s("first")), 0).unwrap(), StreamStart::First);
-        assert_eq!(parse_start(Some(&Value::I64(5)), 0).unwrap(), StreamStart::Offset(5));
+        assert_eq!(
+            parse_start(Some(&s("first")), 0).unwrap(),
+            StreamStart::First
+        );
+        assert_eq!(
+            parse_start(Some(&Value::I64(5)), 0).unwrap(),
+            StreamStart::Offset(5)
+        );
         assert_eq!(
             parse_start(Some(&Value::Timestamp(10)), 0).unwrap(),
             StreamStart::Timestamp(10_000)
@@ -345,7 +362,10 @@ mod tests {
         assert_eq!(m.reader(StreamStart::First).read(10, 0).len(), 5);
         assert_eq!(m.reader(StreamStart::Last).read(10, 0)[0].offset, 4);
         assert!(m.reader(StreamStart::Next).read(10, 0).is_empty());
-        assert_eq!(m.reader(StreamStart::Timestamp(25)).read(10, 0)[0].offset, 3);
+        assert_eq!(
+            m.reader(StreamStart::Timestamp(25)).read(10, 0)[0].offset,
+            3
+        );
         assert_eq!(m.stats().records, 5);
     }
 }

@@ -307,14 +307,15 @@ impl VHost {
         name: &str,
     ) -> CoreResult<Arc<dyn crate::stream::StreamLog>> {
         match (&self.persistence, durable_id) {
-            (Some(p), Some(id)) => p
-                .open_stream(self.incarnation(), id, settings)
-                .ok_or_else(|| {
-                    CoreError::PreconditionFailed(format!(
-                        "cannot open the log of stream queue '{name}' in vhost '{}'",
-                        self.name
-                    ))
-                }),
+            (Some(p), Some(id)) => {
+                p.open_stream(self.incarnation(), id, settings)
+                    .ok_or_else(|| {
+                        CoreError::PreconditionFailed(format!(
+                            "cannot open the log of stream queue '{name}' in vhost '{}'",
+                            self.name
+                        ))
+                    })
+            }
             _ => Ok(Arc::new(crate::stream::MemoryStream::default())),
         }
     }
@@ -1394,5 +1395,91 @@ mod tests {
             ..Default::default()
         };
         assert!(v.declare_queue("q", false, unknown, 1).is_ok());
+    }
+
+    #[test]
+    fn streams_are_durable_queues_that_keep_what_they_deliver() {
+        let v = VHost::new("/", None, Arc::new(MemoryBudget::new(1 << 20)));
+        let stream_args = || {
+            let mut t = Table::default();
+            t.insert(
+                "x-queue-type",
+                Value::LongStr(Bytes::from_static(b"stream")),
+            );
+            t
+        };
+        for (opts, property) in [
+            (
+                QueueOptions {
+                    durable: true,
+                    auto_delete: true,
+                    ..QueueOptions::default()
+                },
+                "auto-delete",
+            ),
+            (
+                QueueOptions {
+                    durable: true,
+                    exclusive: true,
+                    ..QueueOptions::default()
+                },
+                "exclusive",
+            ),
+            (QueueOptions::default(), "non-durable"),
+        ] {
+            let opts = QueueOptions {
+                arguments: stream_args(),
+                ..opts
+            };
+            match v.declare_queue("s", false, opts, 1) {
+                Err(CoreError::PreconditionFailed(text)) => assert_eq!(
+                    text,
+                    format!("invalid property '{property}' for queue 's' in vhost '/'")
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        let opts = QueueOptions {
+            durable: true,
+            arguments: stream_args(),
+            ..QueueOptions::default()
+        };
+        let q = v.declare_queue("s", false, opts, 1).unwrap().queue;
+        assert!(q.is_stream());
+        let mut headers = Table::default();
+        headers.insert(
+            crate::stream::FILTER_VALUE_HEADER,
+            Value::LongStr(Bytes::from_static(b"eu")),
+        );
+        let m = Message::new(
+            Bytes::new(),
+            Bytes::from_static(b"s"),
+            Properties {
+                headers: Some(headers),
+                ..Properties::default()
+            },
+            Bytes::from_static(b"hello"),
+        );
+        let mut r = Routed::default();
+        assert_eq!(v.publish(m, &mut r).unwrap(), 1);
+        assert!(
+            q.get(false).is_none(),
+            "basic.get takes nothing from a stream"
+        );
+        assert_eq!(q.stats().ready, 1);
+        let log = q.stream().unwrap();
+        let records = log
+            .reader(crate::stream::StreamStart::First)
+            .read(10, 1 << 20);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].filter.as_deref(), Some(&b"eu"[..]));
+        let back = crate::persist::decode_message(records[0].payload.clone()).unwrap();
+        assert_eq!(&back.body[..], b"hello");
+        assert_eq!(
+            v.declare_queue("s", true, QueueOptions::default(), 1)
+                .unwrap()
+                .message_count,
+            1
+        );
     }
 }

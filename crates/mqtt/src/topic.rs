@@ -176,14 +176,11 @@ impl RoutingKeyMapping {
             None => (String::new(), s),
         };
         let mut out = prefix;
-        out.reserve(rest.len());
-        for c in rest.chars() {
-            out.push(match c {
-                '/' => '.',
-                '+' if filter => '*',
-                c => c,
-            });
-        }
+        map_ascii(&mut out, rest, |b| match b {
+            b'/' => Some('.'),
+            b'+' if filter => Some('*'),
+            _ => None,
+        });
         out
     }
 
@@ -196,16 +193,30 @@ impl RoutingKeyMapping {
             Some(n) => (s[..n].replacen("___", ".", 1), &s[n..]),
             None => (String::new(), s),
         };
-        out.reserve(rest.len());
-        for c in rest.chars() {
-            out.push(match c {
-                '.' => '/',
-                '*' if filter => '+',
-                c => c,
-            });
-        }
+        map_ascii(&mut out, rest, |b| match b {
+            b'.' => Some('/'),
+            b'*' if filter => Some('+'),
+            _ => None,
+        });
         out
     }
+}
+
+/// Appends `s` to `out` with the ASCII bytes `map` names replaced: a byte
+/// scan and one copy per run of unchanged bytes (a topic is mapped for every
+/// message published and delivered). ASCII bytes never occur inside a
+/// multi-byte UTF-8 sequence, so every replaced byte is a whole character.
+fn map_ascii(out: &mut String, s: &str, map: impl Fn(u8) -> Option<char>) {
+    out.reserve(s.len());
+    let mut copied = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if let Some(c) = map(b) {
+            out.push_str(&s[copied..i]);
+            out.push(c);
+            copied = i + 1;
+        }
+    }
+    out.push_str(&s[copied..]);
 }
 
 /// Length of a leading `sp[AB]v<digits>.<digits>` (RabbitMQ's `^sp[AB]v\d+\.\d+/`), up to but
@@ -266,6 +277,15 @@ pub fn binding_key_to_filter(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapping_keeps_multibyte_characters() {
+        assert_eq!(topic_to_routing_key("süd/€/x"), "süd.€.x");
+        assert_eq!(filter_to_routing_key("ü/+/€/#"), "ü.*.€.#");
+        assert_eq!(routing_key_to_topic("ü.€.*"), "ü/€/*");
+        assert_eq!(topic_to_routing_key(""), "");
+        assert_eq!(topic_to_routing_key("//"), "..");
+    }
 
     #[test]
     fn topic_names() {

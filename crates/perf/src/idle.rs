@@ -36,7 +36,16 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<i32> {
     let mut first_error: Option<String> = None;
 
     match args.protocol {
-        IdleProtocol::Mqtt => return hold_tasks(&args, mqtt_opener(&args)).await,
+        IdleProtocol::Mqtt => {
+            return match &args.source_addrs {
+                Some(list) => {
+                    let sources = crate::rawmqtt::parse_addrs(list)?;
+                    anyhow::ensure!(!sources.is_empty(), "--source-addrs: no address given");
+                    hold_tasks(&args, crate::rawmqtt::opener(&args, sources)).await
+                }
+                None => hold_tasks(&args, mqtt_opener(&args)).await,
+            };
+        }
         IdleProtocol::Xmpp => return hold_tasks(&args, xmpp_opener(&args)).await,
         IdleProtocol::Amqp if !args.lapin => return crate::raw::run(args).await,
         IdleProtocol::Amqp => {}
@@ -140,7 +149,7 @@ pub(crate) async fn run(args: IdleArgs) -> anyhow::Result<i32> {
 
 /// A connection held by a task: the task ends when the connection is lost, or closes it
 /// cleanly and ends once `stop` changes.
-type Held = tokio::task::JoinHandle<()>;
+pub(crate) type Held = tokio::task::JoinHandle<()>;
 
 fn mqtt_opener(
     args: &IdleArgs,

@@ -15,6 +15,7 @@ mod common;
 mod idle;
 mod mqtt;
 mod raw;
+mod rawmqtt;
 mod xmpp;
 
 use std::time::Duration;
@@ -353,6 +354,11 @@ pub struct IdleArgs {
     /// Number of connections to open.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub connections: usize,
+    /// MQTT: open the connections from these local addresses, round robin (a comma list such
+    /// as `127.0.0.1,127.0.0.2`; one loopback address has about 28,000 ephemeral ports), with
+    /// a minimal built-in MQTT 3.1.1 client instead of rumqttc, which cannot bind one.
+    #[arg(long)]
+    pub source_addrs: Option<String>,
     /// Open one channel on each connection.
     #[arg(long)]
     pub channel: bool,

@@ -320,6 +320,8 @@ pub struct XmppConfig {
     /// one-to-one messages, every room's); the oldest go first, 0 disables
     /// archiving.
     pub mam_max_messages: usize,
+    /// Federation (server-to-server, `[xmpp.s2s]`): docs/xmpp.md.
+    pub s2s: S2sConfig,
 }
 
 impl XmppConfig {
@@ -351,6 +353,58 @@ impl XmppConfig {
     }
 }
 
+/// Federation: `[xmpp.s2s]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S2sConfig {
+    /// Stanzas to other domains go to their servers; off, they are answered
+    /// with `<remote-server-not-found/>`.
+    pub enabled: bool,
+    /// Where to find peers, before DNS: `{ "b.test" = "127.0.0.1:5269" }`.
+    pub peers: std::collections::BTreeMap<String, String>,
+    /// A file of more peers, `domain host:port` per line, read again at each
+    /// connection attempt (so tests can add a peer whose port they learn later).
+    pub peers_file: String,
+    /// PEM bundle of the CAs peer certificates are checked against; empty:
+    /// the system has none configured here, so only `insecure_domains` and
+    /// dialback authenticate peers.
+    pub ca_certificates: String,
+    /// Domains whose self-signed (or otherwise unverifiable) certificates are
+    /// accepted as valid for them, for test setups.
+    pub insecure_domains: Vec<String>,
+    /// Server Dialback (XEP-0220) when a certificate does not authenticate.
+    pub dialback: bool,
+    /// TLS on every server-to-server stream.
+    pub require_encryption: bool,
+    /// Seconds an unused stream stays open.
+    pub idle_timeout: u64,
+    /// Seconds to connect and authenticate before queued stanzas bounce
+    /// with `<remote-server-timeout/>`.
+    pub connect_timeout: u64,
+    /// Stanzas queued per peer while its stream is set up.
+    pub queue_limit: usize,
+    /// Secret dialback keys are derived from; empty: random at each start.
+    pub dialback_secret: String,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            enabled: true,
+            peers: Default::default(),
+            peers_file: String::new(),
+            ca_certificates: String::new(),
+            insecure_domains: Vec::new(),
+            dialback: true,
+            require_encryption: true,
+            idle_timeout: 600,
+            connect_timeout: 30,
+            queue_limit: 1000,
+            dialback_secret: String::new(),
+        }
+    }
+}
+
 impl Default for XmppConfig {
     fn default() -> Self {
         XmppConfig {
@@ -373,6 +427,7 @@ impl Default for XmppConfig {
             upload_url: String::new(),
             muc_domain: None,
             mam_max_messages: 10_000,
+            s2s: S2sConfig::default(),
         }
     }
 }
@@ -437,6 +492,11 @@ pub struct Listeners {
     pub xmpp: String,
     /// XMPP client streams over direct TLS (XEP-0368, 5223). Empty string disables it.
     pub xmpps: String,
+    /// XMPP server-to-server streams with STARTTLS (RFC 6120: 5269). Empty
+    /// string disables inbound federation.
+    pub xmpp_server: String,
+    /// XMPP server-to-server direct TLS (XEP-0368: 5270). Empty disables it.
+    pub xmpps_server: String,
     /// MQTT over TLS (8883, Mosquitto's). Empty string disables it.
     pub mqtts: String,
     /// AMQP 0-9-1 over TLS (RabbitMQ's default: 5671). Empty string disables it.
@@ -458,6 +518,8 @@ impl Default for Listeners {
             http: "127.0.0.1:15672".into(),
             xmpp: "127.0.0.1:5222".into(),
             xmpps: "127.0.0.1:5223".into(),
+            xmpp_server: "127.0.0.1:5269".into(),
+            xmpps_server: "127.0.0.1:5270".into(),
             mqtts: "127.0.0.1:8883".into(),
             amqps: "127.0.0.1:5671".into(),
             https: "127.0.0.1:15671".into(),
@@ -621,6 +683,16 @@ impl Config {
         for (key, value, example) in [
             ("listeners.xmpp", &self.listeners.xmpp, "127.0.0.1:5222"),
             ("listeners.xmpps", &self.listeners.xmpps, "127.0.0.1:5223"),
+            (
+                "listeners.xmpp_server",
+                &self.listeners.xmpp_server,
+                "127.0.0.1:5269",
+            ),
+            (
+                "listeners.xmpps_server",
+                &self.listeners.xmpps_server,
+                "127.0.0.1:5270",
+            ),
             ("listeners.mqtts", &self.listeners.mqtts, "127.0.0.1:8883"),
             ("listeners.amqps", &self.listeners.amqps, "127.0.0.1:5671"),
             ("listeners.https", &self.listeners.https, "127.0.0.1:15671"),
@@ -851,6 +923,16 @@ impl Config {
     /// The XMPP direct-TLS listener address, if enabled.
     pub fn xmpps_addr(&self) -> Option<SocketAddr> {
         self.listeners.xmpps.parse().ok()
+    }
+
+    /// The XMPP server-to-server listener address, if enabled.
+    pub fn xmpp_server_addr(&self) -> Option<SocketAddr> {
+        self.listeners.xmpp_server.parse().ok()
+    }
+
+    /// The XMPP server-to-server direct-TLS listener address, if enabled.
+    pub fn xmpps_server_addr(&self) -> Option<SocketAddr> {
+        self.listeners.xmpps_server.parse().ok()
     }
 
     /// The AMQP listener address, if enabled.

@@ -113,7 +113,11 @@ impl Ctl {
                 .clone()
                 .or(file.url)
                 .unwrap_or_else(|| "http://127.0.0.1:15672".into()),
-            user: self.user.clone().or(file.user).unwrap_or_else(|| "guest".into()),
+            user: self
+                .user
+                .clone()
+                .or(file.user)
+                .unwrap_or_else(|| "guest".into()),
             password: self
                 .password
                 .clone()
@@ -134,8 +138,7 @@ fn root_certs(ca: Option<&Path>) -> Result<ureq::tls::RootCerts, String> {
             .find(|p| p.exists())
             .ok_or("no CA bundle found on this system: give one with --ca")?,
     };
-    let pem =
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
         match item {

@@ -32,13 +32,16 @@ pub struct HttpState {
     pub local: SocketAddr,
     /// The management API and metrics.
     pub mgmt: Arc<crate::mgmt::MgmtState>,
+    /// Whether this is the HTTPS listener (WebSocket clients then count as TLS ones:
+    /// `[mqtt] tls_vhost`, the connection list).
+    pub tls: bool,
 }
 
 impl HttpState {
     fn websocket(&self) -> crate::registry::Transport {
         crate::registry::Transport {
             local: Some(self.local),
-            tls: false,
+            tls: self.tls,
             websocket: true,
         }
     }

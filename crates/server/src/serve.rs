@@ -210,10 +210,12 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             xmpp: xmpp.clone(),
             local,
             mgmt,
+            tls: false,
         };
         for (listener, tls) in http_listeners {
             let state = crate::http::HttpState {
                 local: listener.local_addr()?,
+                tls: tls.is_some(),
                 ..state.clone()
             };
             match tls {
@@ -416,6 +418,16 @@ async fn start_coap(
         tracing::info!("listening protocol=coap addr={}", socket.local_addr()?);
         tracker.spawn(crate::coap::run_udp(socket, ctx.clone()));
     }
+    if let Some(addr) = config.coaps_addr() {
+        let keys = crate::coap::dtls::load_psk_file(std::path::Path::new(&config.coap.psk_file))?;
+        let tls = crate::coap::dtls::context(Arc::new(keys))
+            .context("cannot set up DTLS for listeners.coaps")?;
+        let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
+            format!("cannot listen for CoAP over DTLS on {addr} (listeners.coaps)")
+        })?;
+        tracing::info!("listening protocol=coaps addr={}", socket.local_addr()?);
+        tracker.spawn(crate::coap::dtls::run(socket, ctx.clone(), tls));
+    }
     Ok(())
 }
 
@@ -426,6 +438,41 @@ struct Services<'a> {
     store: &'a Arc<tributary_store::Store>,
     tls: &'a crate::tls::TlsSetup,
     limits: &'a Arc<Limits>,
+}
+
+/// Starts federation: the outbound router and the server-to-server
+/// listeners (5269 STARTTLS, 5270 direct TLS).
+async fn start_s2s(
+    config: &Config,
+    ctx: &Arc<crate::xmpp::XmppContext>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let files = ctx
+        .tls
+        .as_ref()
+        .map(|t| (t.certificate_path(), t.key_path()));
+    let s2s = crate::xmpp::s2s::S2s::new(Arc::downgrade(ctx), &config.xmpp, files, shutdown.clone())?;
+    ctx.set_s2s(s2s.clone());
+    for (addr, direct_tls, name, key) in [
+        (config.xmpp_server_addr(), false, "xmpp-server", "listeners.xmpp_server"),
+        (config.xmpps_server_addr(), true, "xmpps-server", "listeners.xmpps_server"),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for XMPP servers on {addr} ({key})"))?;
+        tracing::info!(
+            domain = %config.xmpp.domain,
+            "listening protocol={name} addr={}",
+            listener.local_addr()?
+        );
+        let s2s = s2s.clone();
+        spawn_accept(listener, tracker, shutdown, move |stream, peer| {
+            s2s.clone().run_inbound(stream, peer, direct_tls)
+        });
+    }
+    Ok(())
 }
 
 /// Starts the XMPP service and its listeners (5222 STARTTLS, 5223 direct TLS).
@@ -494,6 +541,9 @@ async fn start_xmpp(
         )?;
         ctx.set_bridge(bridge);
         tracker.spawn(crate::xmpp::bridge::run(ctx.clone(), rx));
+    }
+    if config.xmpp.s2s.enabled {
+        start_s2s(config, &ctx, tracker, shutdown).await?;
     }
     for (addr, direct_tls, name, key) in [
         (config.xmpp_addr(), false, "xmpp", "listeners.xmpp"),

@@ -1,6 +1,6 @@
 //! Stream queues on disk: the `tributary-stream` logs behind the core's `StreamLog` seam, one
-//! directory per stream under `<data>/streams/<vhost incarnation>/<queue id>/`, all synced by
-//! one group-commit thread.
+//! directory per stream under `<store>/streams/<queue id>/` (queue ids are unique across
+//! vhosts and never reused while a directory may exist), all synced by one group-commit thread.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -30,8 +30,13 @@ impl Streams {
     }
 
     /// Opens (or creates) a stream's log.
-    pub fn open(&self, vhost: u64, queue: u64, settings: &StreamSettings) -> Option<Arc<dyn StreamLog>> {
-        let dir = self.root.join(vhost.to_string()).join(queue.to_string());
+    pub fn open(
+        &self,
+        vhost: u64,
+        queue: u64,
+        settings: &StreamSettings,
+    ) -> Option<Arc<dyn StreamLog>> {
+        let dir = self.root.join(queue.to_string());
         let options = StreamOptions {
             max_segment_bytes: settings.max_segment_bytes,
             max_bytes: settings.max_bytes,
@@ -43,7 +48,7 @@ impl Streams {
                 if report.truncated_bytes > 0 || !report.damaged_segments.is_empty() {
                     tracing::warn!(dir = %dir.display(), truncated = report.truncated_bytes, damaged = ?report.damaged_segments, "stream recovered with damage");
                 }
-                tracing::debug!(dir = %dir.display(), records = report.records, segments = report.segments, "stream opened");
+                tracing::debug!(dir = %dir.display(), vhost, records = report.records, segments = report.segments, "stream opened");
                 self.opened.lock().insert(dir);
                 Some(Arc::new(Log { stream }))
             }
@@ -59,17 +64,15 @@ impl Streams {
         self.syncer.barrier(done);
     }
 
-    /// Removes stream directories no restored queue opened (their queue was deleted while
-    /// the directory removal had not finished, or their vhost is gone).
+    /// Removes stream directories no restored queue opened (their queue was deleted but the
+    /// broker stopped before the directory was removed, or their vhost is gone).
     pub fn remove_orphans(&self) {
         let opened = self.opened.lock();
-        for vhost in read_dirs(&self.root) {
-            for stream in read_dirs(&vhost) {
-                if !opened.contains(&stream) {
-                    tracing::info!(dir = %stream.display(), "removing the log of a deleted stream");
-                    if let Err(e) = std::fs::remove_dir_all(&stream) {
-                        tracing::warn!(dir = %stream.display(), error = %e, "cannot remove a stream directory");
-                    }
+        for stream in read_dirs(&self.root) {
+            if !opened.contains(&stream) {
+                tracing::info!(dir = %stream.display(), "removing the log of a deleted stream");
+                if let Err(e) = std::fs::remove_dir_all(&stream) {
+                    tracing::warn!(dir = %stream.display(), error = %e, "cannot remove a stream directory");
                 }
             }
         }

@@ -129,6 +129,12 @@ impl TlsSetup {
         &self.inner.source.certificate
     }
 
+    /// The private key file of the certificate (server-to-server streams
+    /// build their own rustls configurations from the pair).
+    pub fn key_path(&self) -> &Path {
+        &self.inner.source.key
+    }
+
     /// Runs the server side of a handshake on `stream` with the current
     /// certificate, within [`HANDSHAKE_TIMEOUT`].
     pub async fn accept<S>(&self, stream: S) -> std::io::Result<Accepted<S>>

@@ -321,7 +321,11 @@ impl Stream {
     /// The stream's extent.
     pub fn info(&self) -> StreamInfo {
         let st = self.state.lock();
-        let first = st.segments.values().next().map_or(st.next_offset, |s| s.base);
+        let first = st
+            .segments
+            .values()
+            .next()
+            .map_or(st.next_offset, |s| s.base);
         StreamInfo {
             first_offset: first,
             committed: st.committed,
@@ -381,8 +385,9 @@ impl Stream {
                     break;
                 }
                 let too_big = max_bytes.is_some_and(|m| total > m);
-                let too_old = max_age
-                    .is_some_and(|a| s.max_ts < now_ms.saturating_sub(a.min(i64::MAX as u64) as i64));
+                let too_old = max_age.is_some_and(|a| {
+                    s.max_ts < now_ms.saturating_sub(a.min(i64::MAX as u64) as i64)
+                });
                 if !(too_big || too_old) {
                     break;
                 }

@@ -67,7 +67,11 @@ impl Reader {
     /// Reads up to `max_records` committed records, stopping once `max_bytes` of payload were
     /// returned (at least one record is returned when one is available). An empty result means
     /// the reader is at the committed end: wait with [`Stream::on_commit`].
-    pub fn read(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<Record>, StreamError> {
+    pub fn read(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, StreamError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max_records && bytes < max_bytes {
@@ -160,12 +164,7 @@ impl Reader {
                     .next_back()
                     .map(|(_, s)| s)
                     .filter(|s| s.next > self.next)
-                    .or_else(|| {
-                        st.segments
-                            .range(self.next + 1..)
-                            .next()
-                            .map(|(_, s)| s)
-                    });
+                    .or_else(|| st.segments.range(self.next + 1..).next().map(|(_, s)| s));
                 seg.map(|s| {
                     let (pos, _) = s.seek(self.next);
                     (s.base, pos)
@@ -219,7 +218,8 @@ impl Reader {
                     let want = need.saturating_sub(have).max(READ_SIZE);
                     c.buf.resize(have + want, 0);
                     let at = c.buf_pos + have as u64;
-                    let n = read_at(&c.file, &mut c.buf[have..], at).map_err(io_err(self.stream.dir()))?;
+                    let n = read_at(&c.file, &mut c.buf[have..], at)
+                        .map_err(io_err(self.stream.dir()))?;
                     c.buf.truncate(have + n);
                     if n == 0 || c.buf.len() < need {
                         // The end of this segment: continue in the next one.

@@ -128,6 +128,9 @@ mod tests {
         let last = buf.len() - 1;
         buf[last] ^= 1;
         assert_eq!(decode(&buf), Decoded::Damaged("checksum mismatch"));
-        assert_eq!(decode(&[0; 8]), Decoded::Damaged("implausible record length"));
+        assert_eq!(
+            decode(&[0; 8]),
+            Decoded::Damaged("implausible record length")
+        );
     }
 }

@@ -15,7 +15,9 @@ fn opts(segment: u64) -> StreamOptions {
 }
 
 fn append(s: &Arc<Stream>, n: usize, ts0: i64) -> u64 {
-    let bodies: Vec<Vec<u8>> = (0..n).map(|i| format!("record-{i:05}").into_bytes()).collect();
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("record-{i:05}").into_bytes())
+        .collect();
     let recs: Vec<NewRecord<'_>> = bodies
         .iter()
         .enumerate()
@@ -55,14 +57,23 @@ fn appends_and_reads_across_segments() {
     let (s, _) = Stream::open(dir.path(), opts(1000), &syncer).unwrap();
     assert_eq!(append(&s, 200, 1_000), 0);
     let info = s.info();
-    assert_eq!((info.first_offset, info.committed, info.records), (0, 200, 200));
+    assert_eq!(
+        (info.first_offset, info.committed, info.records),
+        (0, 200, 200)
+    );
     assert!(info.segments > 5, "{info:?}");
     let all = read_all(&s, Start::First);
     assert_eq!(all.len(), 200);
-    assert!(all.iter().enumerate().all(|(i, (o, b))| *o == i as u64
-        && *b == format!("record-{i:05}").into_bytes()));
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, (o, b))| *o == i as u64 && *b == format!("record-{i:05}").into_bytes())
+    );
     assert_eq!(read_all(&s, Start::Offset(150))[0].0, 150);
-    assert_eq!(read_all(&s, Start::Last), vec![(199, b"record-00199".to_vec())]);
+    assert_eq!(
+        read_all(&s, Start::Last),
+        vec![(199, b"record-00199".to_vec())]
+    );
     assert!(read_all(&s, Start::Next).is_empty());
     // Timestamps are 1000 + offset.
     assert_eq!(read_all(&s, Start::Timestamp(1_123))[0].0, 123);
@@ -84,7 +95,12 @@ fn next_reader_waits_for_new_records() {
     s.on_commit(r.next_offset(), Box::new(move || tx.send(()).unwrap()));
     append(&s, 2, 0);
     rx.recv().unwrap();
-    let got: Vec<u64> = r.read(10, 1 << 20).unwrap().iter().map(|r| r.offset).collect();
+    let got: Vec<u64> = r
+        .read(10, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|r| r.offset)
+        .collect();
     assert_eq!(got, vec![3, 4]);
     syncer.stop();
 }

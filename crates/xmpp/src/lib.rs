@@ -6,3 +6,4 @@ pub mod c2s;
 pub mod fuzzing;
 pub mod hub;
 pub mod ns;
+pub mod s2s;

@@ -339,3 +339,33 @@ def test_malformed_datagrams_get_the_rfc_answers_and_others_are_served(coap_brok
     # The broker keeps serving another client.
     r = coap_client("-m", "get", uri(b, "/.well-known/core"))
     assert b"</ps>" in r.stdout, r
+
+
+def test_dtls_psk_with_coap_client(tmp_path):
+    """CoAPS: coap-client's PSK identity logs in as the broker user of that name."""
+    binary = coap_client_bin()
+    if binary is None or binary.endswith("-notls"):
+        pytest.fail("coap-client with DTLS not found: install Debian's libcoap3-bin", pytrace=False)
+    psk = tmp_path / "psk.txt"
+    psk.write_text("device1:sesame\n")
+    b = start_broker(
+        extra=f'\n[coap]\npsk_file = "{psk}"\n',
+        listeners='coap = "127.0.0.1:0"\ncoaps = "127.0.0.1:0"\n',
+    )
+    try:
+        b.add_user("device1", "unused-password", permissions=(".*", ".*", ".*"))
+        coaps_port = wait_port(b, "coaps")
+        sub, got = mqtt_subscriber(b, "secure/#")
+        url = f"coaps://127.0.0.1:{coaps_port}/ps/secure/t"
+        r = coap_client("-k", "sesame", "-u", "device1", "-m", "put", "-e", "sealed", url)
+        assert r.returncode == 0, r
+        m = got.get(timeout=WAIT)
+        assert (m.topic, m.payload) == ("secure/t", b"sealed")
+        sub.loop_stop()
+        # A wrong key fails the handshake: nothing is published, and the broker keeps serving.
+        r = coap_client("-B", "3", "-k", "wrong", "-u", "device1", "-m", "put", "-e", "x", url)
+        assert b"2.04" not in r.stdout
+        r = coap_client("-k", "sesame", "-u", "device1", "-m", "get", f"coaps://127.0.0.1:{coaps_port}/.well-known/core")
+        assert b"</ps>" in r.stdout, r
+    finally:
+        stop_broker(b)

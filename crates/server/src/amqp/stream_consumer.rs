@@ -39,7 +39,10 @@ impl StreamFilter {
                 .collect(),
             v => vec![Bytes::copy_from_slice(v.as_bytes()?)],
         };
-        let match_unfiltered = matches!(args.get("x-stream-match-unfiltered"), Some(Value::Bool(true)));
+        let match_unfiltered = matches!(
+            args.get("x-stream-match-unfiltered"),
+            Some(Value::Bool(true))
+        );
         Some(StreamFilter {
             values,
             match_unfiltered,
@@ -56,7 +59,12 @@ impl StreamFilter {
 
 /// Checks basic.consume on a stream as RabbitMQ does: a consumer prefetch is required and
 /// automatic acknowledgement is refused.
-pub fn check_consume(queue: &str, vhost: &str, prefetch: u32, no_ack: bool) -> Result<(), CoreError> {
+pub fn check_consume(
+    queue: &str,
+    vhost: &str,
+    prefetch: u32,
+    no_ack: bool,
+) -> Result<(), CoreError> {
     if prefetch == 0 {
         return Err(CoreError::PreconditionFailed(format!(
             "consumer prefetch count is not set for 'queue '{queue}' in vhost '{vhost}''"
@@ -100,6 +108,7 @@ pub fn spawn(
                 };
                 match delivery(&queue, record) {
                     Some(d) => {
+                        queue.counters().delivered.fetch_add(1, Ordering::Relaxed);
                         if sink.deliver(d).is_err() {
                             return;
                         }
@@ -112,7 +121,10 @@ pub fn spawn(
                 wake.notified().await;
                 continue;
             }
-            let batch = cursor.read(READ_BATCH.min(consumer.prefetch.max(1) as usize), READ_BYTES);
+            let batch = cursor.read(
+                READ_BATCH.min(consumer.prefetch.max(1) as usize),
+                READ_BYTES,
+            );
             if batch.is_empty() {
                 if log.stats().committed > cursor.next_offset() {
                     // Readable records that could not be read (an I/O error was logged):

@@ -5,6 +5,7 @@
 //! `/ps/<topic>` (docs/coap.md).
 
 mod content;
+pub mod dtls;
 mod resources;
 mod server;
 

@@ -8,7 +8,8 @@
 //! as they are and verified RabbitMQ's way (see `users::verify_password`);
 //! our own users' Argon2id hashes export with the algorithm
 //! `tributary_password_hashing_argon2id`, which only Tributary reads.
-//! Runtime parameters, policies and limits are not supported: an import
+//! Vhost limits travel as RabbitMQ's `vhost-limits` runtime parameters;
+//! other runtime parameters and policies are not supported: an import
 //! skips them (and says so in the log).
 
 use super::access::{create_vhost, exported_hash, parse_tags, stored_hash};
@@ -78,7 +79,7 @@ pub async fn export(State(st): State<St>, caller: Caller) -> ApiResult<Json<J>> 
         "vhosts": vhosts_json,
         "permissions": permissions,
         "topic_permissions": [],
-        "parameters": [],
+        "parameters": limit_parameters(&st, None, true),
         "global_parameters": [],
         "policies": [],
         "queues": queues,
@@ -137,6 +138,28 @@ fn objects_of(v: &VHost, with_vhost: bool) -> (Vec<J>, Vec<J>, Vec<J>) {
     (exchanges, queues, bindings)
 }
 
+/// Vhost limits as RabbitMQ exports them: runtime parameters of the
+/// `vhost-limits` component, named `limits`.
+fn limit_parameters(st: &St, only: Option<&str>, with_vhost: bool) -> Vec<J> {
+    let mut records = st.s.users.vhosts();
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    records
+        .iter()
+        .filter(|r| !r.limits.is_empty() && only.is_none_or(|o| o == r.name))
+        .map(|r| {
+            let mut p = json!({
+                "component": "vhost-limits",
+                "name": "limits",
+                "value": super::limits::value_json(&r.limits),
+            });
+            if with_vhost && let Some(m) = p.as_object_mut() {
+                m.insert("vhost".into(), J::String(r.name.clone()));
+            }
+            p
+        })
+        .collect()
+}
+
 /// GET /api/definitions/{vhost}: one vhost's exchanges, queues and
 /// bindings, without `vhost` fields (RabbitMQ's per-vhost export).
 pub async fn export_vhost(
@@ -152,7 +175,7 @@ pub async fn export_vhost(
         "rabbitmq_version": "3.13.0",
         "product_name": "Tributary",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "parameters": [],
+        "parameters": limit_parameters(&st, Some(&vhost), false),
         "policies": [],
         "queues": queues,
         "exchanges": exchanges,
@@ -175,7 +198,7 @@ pub async fn import_vhost(
     for section in ["users", "vhosts", "permissions"] {
         doc.remove(section);
     }
-    for section in ["exchanges", "queues", "bindings"] {
+    for section in ["exchanges", "queues", "bindings", "parameters"] {
         if let Some(J::Array(items)) = doc.get_mut(section) {
             for item in items.iter_mut() {
                 if let Some(m) = item.as_object_mut() {
@@ -219,6 +242,7 @@ pub async fn import(State(st): State<St>, caller: Caller, body: Bytes) -> ApiRes
 fn apply(st: &St, doc: &Map<String, J>) -> ApiResult<()> {
     // Validate the shape of every section before changing anything.
     let sections = [
+        "parameters",
         "users",
         "vhosts",
         "permissions",
@@ -229,12 +253,7 @@ fn apply(st: &St, doc: &Map<String, J>) -> ApiResult<()> {
     for s in sections {
         list(doc, s)?;
     }
-    for skipped in [
-        "parameters",
-        "global_parameters",
-        "policies",
-        "topic_permissions",
-    ] {
+    for skipped in ["global_parameters", "policies", "topic_permissions"] {
         if list(doc, skipped).is_ok_and(|l| !l.is_empty()) {
             tracing::warn!(
                 section = skipped,
@@ -251,6 +270,27 @@ fn apply(st: &St, doc: &Map<String, J>) -> ApiResult<()> {
             .or(get_str(v, "description")?)
             .unwrap_or("");
         create_vhost(st, name, description)?;
+    }
+    for p in list(doc, "parameters")? {
+        if get_str(p, "component")? != Some("vhost-limits") {
+            tracing::warn!(
+                component = get_str(p, "component")?.unwrap_or(""),
+                "definitions import: runtime parameter not supported, skipped"
+            );
+            continue;
+        }
+        let vhost = required(p, "parameters", "vhost")?;
+        let value = match p.get("value") {
+            Some(v @ J::Object(_)) => v.to_string(),
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "parameters: a vhost-limits value must be an object".into(),
+                ));
+            }
+        };
+        // The document's limits replace the vhost's, as in RabbitMQ.
+        st.s.admin.clear_vhost_limits(vhost)?;
+        st.s.admin.set_vhost_limits(vhost, &value)?;
     }
     for u in list(doc, "users")? {
         let name = required(u, "users", "name")?;

@@ -202,7 +202,7 @@ pub fn queue_json(vhost: &str, q: &Queue) -> J {
         "auto_delete": o.auto_delete,
         "exclusive": o.exclusive,
         "arguments": table_json(&o.arguments),
-        "type": "classic",
+        "type": if q.is_stream() { "stream" } else { "classic" },
         "state": "running",
         "node": super::overview::node_name(),
         "messages": st.ready + st.unacked,

@@ -16,7 +16,8 @@ use serde_json::{Map, Value as J, json};
 /// The names of the limits, as RabbitMQ spells them.
 const NAMES: [&str; 3] = ["max-connections", "max-queues", "max-sessions"];
 
-fn value_json(l: &VhostLimits) -> J {
+/// The limits that are set, as RabbitMQ's `value` object.
+pub(super) fn value_json(l: &VhostLimits) -> J {
     let mut m = Map::new();
     for (name, v) in NAMES
         .iter()

@@ -91,10 +91,9 @@ fn project(v: &J, columns: &[Vec<String>]) -> J {
             if i + 1 == path.len() {
                 slot.insert(k.clone(), found.clone());
             } else {
-                let entry = slot.entry(k.clone()).or_insert_with(|| J::Object(Map::new()));
-                if !entry.is_object() {
-                    break;
-                }
+                let entry = slot
+                    .entry(k.clone())
+                    .or_insert_with(|| J::Object(Map::new()));
                 let Some(next) = entry.as_object_mut() else {
                     break;
                 };
@@ -165,7 +164,10 @@ mod tests {
             {"name": "a", "messages": 10, "message_stats": {"publish": 1}},
             {"name": "c"},
         ]);
-        let shape = shape_of("sort=message_stats.publish&sort_reverse=true&columns=name,message_stats.publish").unwrap();
+        let shape = shape_of(
+            "sort=message_stats.publish&sort_reverse=true&columns=name,message_stats.publish",
+        )
+        .unwrap();
         assert_eq!(
             reshape(v, &shape),
             json!([

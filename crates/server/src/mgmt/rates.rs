@@ -45,12 +45,15 @@ struct Sample {
     protocols: [[u64; 2]; Protocol::ALL.len()],
 }
 
+/// One queue's samples, oldest first, by (vhost, name).
+type QueueHistory = HashMap<(String, String), VecDeque<(Instant, QueueCounters)>>;
+
 /// The sampled history and the rates derived from it.
 #[derive(Default)]
 pub struct Rates {
     samples: Mutex<VecDeque<Sample>>,
     /// Per queue: (time, counters), oldest first.
-    queues: Mutex<HashMap<(String, String), VecDeque<(Instant, QueueCounters)>>>,
+    queues: Mutex<QueueHistory>,
 }
 
 fn rate(old: u64, new: u64, secs: f64) -> f64 {
@@ -82,8 +85,10 @@ impl Rates {
             let t = st.s.registry.totals(p);
             *slot = [t[2], t[3]];
         }
+        let previous;
         {
             let mut samples = self.samples.lock();
+            previous = samples.back().map(|s| s.at);
             samples.push_back(Sample {
                 at: now,
                 totals,
@@ -96,7 +101,10 @@ impl Rates {
         let mut queues = self.queues.lock();
         queues.retain(|k, _| seen.contains_key(k));
         for (k, c) in seen {
-            let h = queues.entry(k).or_default();
+            let h = queues.entry(k).or_insert_with(|| {
+                // New since the previous sample: it had counted nothing then.
+                previous.map(|at| (at, [0; 4])).into_iter().collect()
+            });
             h.push_back((now, c));
             while h.len() > WINDOW {
                 h.pop_front();
@@ -118,7 +126,9 @@ impl Rates {
 
     /// Messages published and delivered per second by one protocol.
     pub fn protocol(&self, p: Protocol) -> [f64; 2] {
-        let i = Protocol::ALL.iter().position(|x| *x == p).unwrap_or(0);
+        let Some(i) = Protocol::ALL.iter().position(|x| *x == p) else {
+            return [0.0; 2];
+        };
         let s = self.samples.lock();
         match (s.front(), s.back()) {
             (Some(a), Some(b)) => {
@@ -150,10 +160,7 @@ impl Rates {
 pub fn add_details(stats: &mut serde_json::Value, rates: [f64; 4]) {
     if let Some(m) = stats.as_object_mut() {
         for (name, r) in STATS.iter().zip(rates) {
-            m.insert(
-                format!("{name}_details"),
-                serde_json::json!({ "rate": r }),
-            );
+            m.insert(format!("{name}_details"), serde_json::json!({ "rate": r }));
         }
     }
 }

@@ -168,6 +168,10 @@ where
     let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();
     let mut packets = Vec::new();
+    // Whether the last input or delivery carried messages: buffers are kept
+    // while it does, and given back once only control packets (CONNECT,
+    // PINGREQ, ...) came (see the end of the loop).
+    let mut busy = false;
     let mut taken_over: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut deadline = tokio::time::Instant::now() + ctx.connect_timeout;
     // Armed for `deadline` or earlier; moved on when it fires early, rather
@@ -284,6 +288,14 @@ where
                 }
                 Ok(Some(packet)) => {
                     let Some(v) = version else { break 'conn };
+                    busy = matches!(
+                        packet,
+                        Packet::Publish(_)
+                            | Packet::PubAck(_)
+                            | Packet::PubRec(_)
+                            | Packet::PubRel(_)
+                            | Packet::PubComp(_)
+                    );
                     if matches!(packet, Packet::Publish(_)) {
                         reg.counters.message_in();
                     }
@@ -339,6 +351,9 @@ where
         }
         // Deliveries taken from the mailbox, a bounded number per wake-up.
         if let Some(v) = session.version {
+            if !batch.is_empty() {
+                busy = true;
+            }
             for item in batch.drain(..DELIVERY_BATCH.min(batch.len())) {
                 // A client that does not read has its QoS 0 messages
                 // dropped past max_buffered_bytes, as Mosquitto and
@@ -364,9 +379,15 @@ where
                 write(&mut outbuf, &mut packets, v);
             }
         }
-        // Nothing is kept for an idle connection (see above).
-        if packets.capacity() != 0 {
-            packets = Vec::new();
+        // Nothing is kept for an idle connection (see above); a busy one
+        // keeps its buffers rather than allocate them at every wake-up.
+        if !busy {
+            if packets.capacity() != 0 {
+                packets = Vec::new();
+            }
+            if outbuf.is_empty() && outbuf.capacity() != 0 {
+                outbuf = BytesMut::new();
+            }
         }
         mailbox::trim(&mut batch);
         if deadline < timer.deadline() {
@@ -404,9 +425,6 @@ where
                 match r {
                     Ok(n) => reg.counters.wrote(n),
                     Err(_) => break 'conn,
-                }
-                if outbuf.is_empty() {
-                    outbuf = BytesMut::new();
                 }
             }
             r = readbuf::read_into(&mut rd, &mut inbuf), if outbuf.len() < high_water => {

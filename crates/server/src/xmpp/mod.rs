@@ -9,6 +9,7 @@
 pub mod bridge;
 pub mod session;
 pub mod transport;
+pub mod s2s;
 pub mod upload;
 
 use crate::config::XmppConfig;
@@ -208,6 +209,7 @@ pub struct XmppContext {
     resumable: Mutex<HashMap<String, (SessionId, String)>>,
     next_session: AtomicU64,
     bridge: std::sync::OnceLock<Arc<bridge::Bridge>>,
+    s2s: std::sync::OnceLock<Arc<s2s::S2s>>,
     upload: Option<Arc<upload::Upload>>,
 }
 
@@ -262,6 +264,7 @@ impl XmppContext {
             disco_services: config.upload_jid().into_iter().collect(),
             muc_domain: config.muc_jid(),
             mam_max_messages: config.mam_max_messages,
+            federation: config.s2s.enabled,
         });
         let upload = match config.upload_jid() {
             Some(domain) => Some(Arc::new(upload::Upload::open(
@@ -293,6 +296,7 @@ impl XmppContext {
             resumable: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             bridge: std::sync::OnceLock::new(),
+            s2s: std::sync::OnceLock::new(),
             upload,
         })
     }
@@ -300,6 +304,31 @@ impl XmppContext {
     /// Attaches the bridge to the other protocols (once, at start).
     pub fn set_bridge(&self, bridge: Arc<bridge::Bridge>) {
         let _ = self.bridge.set(bridge);
+    }
+
+    /// Attaches federation (once, at start).
+    pub fn set_s2s(&self, s2s: Arc<s2s::S2s>) {
+        let _ = self.s2s.set(s2s);
+    }
+
+    /// A stanza from another server (its domain authenticated by the
+    /// server-to-server stream) to one of our JIDs.
+    pub fn handle_remote_stanza(&self, stanza: Element) {
+        let accounts = UserAccounts(&self.users);
+        let mut hub = self.hub.lock();
+        let mut out = Vec::new();
+        hub.handle_remote_stanza(stanza, &accounts, now_ms(), &mut out);
+        let bridged = self.apply(out);
+        drop(hub);
+        self.run_bridge(bridged);
+    }
+
+    /// A stanza federation could not deliver: bounced to its local sender.
+    pub fn remote_failed(&self, stanza: &Element, condition: &'static str) {
+        let mut hub = self.hub.lock();
+        let mut out = Vec::new();
+        hub.remote_failed(stanza, condition, &mut out);
+        self.apply(out);
     }
 
     /// The bridge, when enabled.
@@ -527,6 +556,11 @@ impl XmppContext {
                     }
                 }
                 Output::Bridge { session, stanza } => bridged.push((session, stanza)),
+                Output::Remote { stanza } => {
+                    if let Some(s2s) = self.s2s.get() {
+                        s2s.send(stanza);
+                    }
+                }
             }
         }
         bridged

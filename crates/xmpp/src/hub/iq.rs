@@ -69,13 +69,8 @@ impl Hub {
             None => Scope::NoTo,
             Some(to) => match self.classify(&to) {
                 Dest::Remote => {
-                    if request {
-                        self.bounce(
-                            cx.session,
-                            &stanza,
-                            StanzaError::remote_server_not_found(),
-                            out,
-                        );
+                    if self.config.federation || request {
+                        self.send_remote(Some(cx.session), stanza, out);
                     }
                     return;
                 }

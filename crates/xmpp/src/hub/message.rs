@@ -73,12 +73,16 @@ impl Hub {
         // No 'to': the sender's own bare JID (RFC 6120 §10.3.1).
         let to = to.unwrap_or_else(|| Jid::from(cx.user.clone()));
         match self.classify(&to) {
-            Dest::Remote => self.bounce(
-                cx.session,
-                &stanza,
-                StanzaError::remote_server_not_found(),
-                out,
-            ),
+            Dest::Remote => {
+                if self.blocks(&cx.user, &to) {
+                    self.bounce_blocked(cx.session, &stanza, out);
+                    return;
+                }
+                if self.config.federation && carbons::eligible(&stanza, MsgType::of(&stanza)) {
+                    self.sent_carbons(cx.session, &cx.user, &stanza, &[], out);
+                }
+                self.send_remote(Some(cx.session), stanza, out);
+            }
             Dest::Server { .. } => {
                 self.bounce(cx.session, &stanza, StanzaError::service_unavailable(), out)
             }

@@ -7,10 +7,12 @@
 //! The hub never reads a clock or the disk itself; the time comes in as
 //! `now_unix_ms`, the stored state comes in once through [`Hub::restore`].
 //!
-//! All contacts are local: this server has no federation, so a stanza to
-//! another domain is answered with `<remote-server-not-found/>`, and both
-//! halves of every subscription (user's and contact's roster item) are
-//! updated in the same call, which keeps them consistent.
+//! Between local users both halves of every subscription (user's and
+//! contact's roster item) are updated in the same call, which keeps them
+//! consistent. With federation ([`HubConfig::federation`]) stanzas to other
+//! domains leave as [`Output::Remote`] and come in through
+//! [`Hub::handle_remote_stanza`] (module `remote`); without it they are
+//! answered with `<remote-server-not-found/>`.
 //!
 //! # Persistence
 //!
@@ -78,6 +80,7 @@ mod offline;
 mod persist;
 mod presence;
 mod pubsub;
+mod remote;
 mod roster;
 mod sessions;
 mod subscription;
@@ -130,6 +133,9 @@ pub struct HubConfig {
     /// messages and each room's; the oldest go first. 0 (the default
     /// here; the server sets its own) turns archiving off.
     pub mam_max_messages: usize,
+    /// Server-to-server federation: stanzas to other domains come out as
+    /// [`Output::Remote`] (off here: `<remote-server-not-found/>`).
+    pub federation: bool,
 }
 
 impl HubConfig {
@@ -147,6 +153,7 @@ impl HubConfig {
             disco_services: Vec::new(),
             muc_domain: Some(format!("conference.{domain}")),
             mam_max_messages: 0,
+            federation: false,
         }
     }
 }
@@ -198,6 +205,14 @@ pub enum Output {
     Bridge {
         /// The sending session.
         session: SessionId,
+        /// The stanza.
+        stanza: Element,
+    },
+    /// A stanza for another server (federation), `from` stamped, in
+    /// `jabber:client`; the IO layer sends it over a server-to-server stream
+    /// to the domain of its `to`, and gives it back to [`Hub::remote_failed`]
+    /// when that server cannot be reached.
+    Remote {
         /// The stanza.
         stanza: Element,
     },

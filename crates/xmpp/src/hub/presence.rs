@@ -106,12 +106,14 @@ impl Hub {
                 }
             }
         }
+        self.broadcast_remote(&bare, &stanza, out);
         if initial {
             // Probes of the contacts the user is subscribed to, answered
             // locally with each available resource's last presence (§4.3).
             for contact in self.subscriptions(&bare) {
                 self.send_presences_of(&contact, None, &jid, session, out);
             }
+            self.probe_remote_contacts(&bare, out);
             // The user's other resources.
             for s in self.available_sessions(&bare) {
                 if s == session {
@@ -210,8 +212,17 @@ impl Hub {
                     }
                 }
             }
+            self.broadcast_remote(&bare, &unavailable, out);
         }
         for target in directed {
+            if self.is_foreign_domain(target.domain().as_str()) {
+                if !self.sub_of(&bare, &target.to_bare()).has_from() || !was_available {
+                    let mut st = unavailable.clone();
+                    st.set_attr("to", target.to_string());
+                    self.send_remote(None, st, out);
+                }
+                continue;
+            }
             for s in self.presence_targets(&target) {
                 if reached.contains(&s) || s == session {
                     continue;
@@ -243,12 +254,24 @@ impl Hub {
     /// Directed available or unavailable presence (RFC 6121 §4.6).
     fn directed_presence(&mut self, cx: &Ctx<'_>, to: Jid, stanza: Element, out: &mut Vec<Output>) {
         match self.classify(&to) {
-            Dest::Remote => self.bounce(
-                cx.session,
-                &stanza,
-                StanzaError::remote_server_not_found(),
-                out,
-            ),
+            Dest::Remote => {
+                if self.blocks(&cx.user, &to) {
+                    self.bounce_blocked(cx.session, &stanza, out);
+                    return;
+                }
+                if self.config.federation
+                    && let Some(sess) = self.sessions.get_mut(&cx.session)
+                {
+                    if stanza.attr("type").is_none() {
+                        if !sess.directed.contains(&to) {
+                            sess.directed.push(to.clone());
+                        }
+                    } else {
+                        sess.directed.retain(|d| d != &to);
+                    }
+                }
+                self.send_remote(Some(cx.session), stanza, out);
+            }
             Dest::Server { .. } => {}
             Dest::Local { bare, .. } => {
                 if self.blocks(&cx.user, &to) {
@@ -316,6 +339,12 @@ impl Hub {
         watcher: &BareJid,
         out: &mut Vec<Output>,
     ) {
+        if self.is_foreign_domain(watcher.domain().as_str()) {
+            if !self.available_sessions(owner).is_empty() {
+                self.presence_to_remote(owner, &Jid::from(watcher.clone()), out);
+            }
+            return;
+        }
         for w in self.available_sessions(watcher) {
             if let Some(to) = self.session_jid(w) {
                 self.send_presences_of(owner, None, &to, w, out);
@@ -331,6 +360,10 @@ impl Hub {
         watcher: &BareJid,
         out: &mut Vec<Output>,
     ) {
+        if self.is_foreign_domain(watcher.domain().as_str()) {
+            self.unavailable_to_remote(owner, watcher, out);
+            return;
+        }
         for w in self.available_sessions(watcher) {
             let Some(to) = self.session_jid(w) else {
                 continue;

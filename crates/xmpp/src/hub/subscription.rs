@@ -70,7 +70,15 @@ impl Hub {
         mut stanza: Element,
         out: &mut Vec<Output>,
     ) {
-        match self.classify(&to) {
+        let dest = match self.classify(&to) {
+            // A remote contact: the local half here, the peer runs its own.
+            Dest::Remote if self.config.federation => Dest::Local {
+                bare: to.to_bare(),
+                full: None,
+            },
+            dest => dest,
+        };
+        match dest {
             Dest::Remote => self.bounce(
                 cx.session,
                 &stanza,
@@ -99,7 +107,9 @@ impl Hub {
                 }
                 stanza.set_attr("from", cx.user.to_string());
                 stanza.set_attr("to", contact.to_string());
-                let exists = account_exists(cx.accounts, &contact);
+                let exists = self.is_foreign_domain(contact.domain().as_str())
+                    || (contact.domain().as_str() == self.domain
+                        && account_exists(cx.accounts, &contact));
                 self.outbound_subscription(&cx.user.clone(), &contact, kind, stanza, exists, out);
             }
         }
@@ -130,9 +140,7 @@ impl Hub {
                     self.roster_touched(user, out);
                     self.push_item(user, contact, out);
                 }
-                if contact_exists {
-                    self.inbound_subscription(contact, user, kind, stanza, out);
-                }
+                self.route_subscription(contact, user, kind, stanza, contact_exists, out);
             }
             SubKind::Subscribed => {
                 let roster = self.rosters.entry(user.clone()).or_default();
@@ -151,9 +159,7 @@ impl Hub {
                     item.approved = false;
                     self.roster_touched(user, out);
                     self.push_item(user, contact, out);
-                    if contact_exists {
-                        self.inbound_subscription(contact, user, kind, stanza, out);
-                    }
+                    self.route_subscription(contact, user, kind, stanza, contact_exists, out);
                     self.presence_granted(user, contact, out);
                 } else if !item.approved {
                     // Pre-approval (§3.4): remembered, not routed.
@@ -179,9 +185,7 @@ impl Hub {
                     self.roster_touched(user, out);
                     self.push_item(user, contact, out);
                 }
-                if contact_exists {
-                    self.inbound_subscription(contact, user, kind, stanza, out);
-                }
+                self.route_subscription(contact, user, kind, stanza, contact_exists, out);
             }
             SubKind::Unsubscribed => {
                 let (mut item_changed, mut pending_changed, mut lost_from) = (false, false, false);
@@ -205,9 +209,7 @@ impl Hub {
                 } else if pending_changed {
                     self.save_roster(user, out);
                 }
-                if contact_exists {
-                    self.inbound_subscription(contact, user, kind, stanza, out);
-                }
+                self.route_subscription(contact, user, kind, stanza, contact_exists, out);
                 if lost_from {
                     self.presence_revoked(user, contact, out);
                 }
@@ -239,7 +241,7 @@ impl Hub {
                 if sub.has_from() {
                     // Already subscribed: auto-reply (§3.1.3), and the presence.
                     let reply = subscription_stanza(owner, from, SubKind::Subscribed);
-                    self.inbound_subscription(from, owner, SubKind::Subscribed, reply, out);
+                    self.route_subscription(from, owner, SubKind::Subscribed, reply, true, out);
                     self.presence_granted(owner, from, out);
                 } else if approved {
                     // Pre-approved (§3.4): approve without asking the owner.
@@ -251,7 +253,7 @@ impl Hub {
                     self.roster_touched(owner, out);
                     self.push_item(owner, from, out);
                     let reply = subscription_stanza(owner, from, SubKind::Subscribed);
-                    self.inbound_subscription(from, owner, SubKind::Subscribed, reply, out);
+                    self.route_subscription(from, owner, SubKind::Subscribed, reply, true, out);
                     self.presence_granted(owner, from, out);
                 } else if !roster.pending.contains_key(from) {
                     roster.pending.insert(from.clone(), stanza.clone());
@@ -325,6 +327,24 @@ impl Hub {
                     }
                 }
             }
+        }
+    }
+
+    /// Hands a subscription stanza from `from` to `to`'s side: another
+    /// server (federation), or the local inbound half when `to` exists.
+    pub(super) fn route_subscription(
+        &mut self,
+        to: &BareJid,
+        from: &BareJid,
+        kind: SubKind,
+        stanza: Element,
+        to_exists: bool,
+        out: &mut Vec<Output>,
+    ) {
+        if self.is_foreign_domain(to.domain().as_str()) {
+            self.send_remote(None, stanza, out);
+        } else if to_exists {
+            self.inbound_subscription(to, from, kind, stanza, out);
         }
     }
 

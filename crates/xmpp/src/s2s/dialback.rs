@@ -3,27 +3,32 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// The dialback key for a stream: `HMAC-SHA256(SHA256(secret), "<receiving>
-/// <originating> <stream id>")` in lower-case hex (XEP-0185 §3). The
+/// The dialback key for a stream: `HMAC-SHA256(hex(SHA256(secret)),
+/// "<receiving> <originating> <stream id>")` in lower-case hex (XEP-0185 §3;
+/// its example uses the hex form of the hashed secret as the HMAC key). The
 /// originating server sends it in `<db:result/>`; the authoritative server
 /// (the originating one again, asked over another stream with
 /// `<db:verify/>`) recomputes it from the same three values.
 pub fn dialback_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> String {
-    let hashed = Sha256::digest(secret);
-    // HMAC accepts keys of any length; this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&hashed)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let hashed = hex(&Sha256::digest(secret));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(hashed.as_bytes())
+        .expect("HMAC accepts keys of any length");
     mac.update(receiving.as_bytes());
     mac.update(b" ");
     mac.update(originating.as_bytes());
     mac.update(b" ");
     mac.update(stream_id.as_bytes());
-    let tag = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(64);
-    for byte in tag {
-        hex.push_str(&format!("{byte:02x}"));
+    hex(&mac.finalize().into_bytes())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 15)] as char);
     }
-    hex
+    out
 }
 
 /// Whether `key` is the one [`dialback_key`] derives, compared without

@@ -163,7 +163,8 @@ impl Inbound {
         if valid {
             self.authenticate(from.to_string(), "dialback");
         } else {
-            self.core.fail("not-authorized", Some("dialback failed"), None);
+            self.core
+                .fail("not-authorized", Some("dialback failed"), None);
         }
     }
 
@@ -179,7 +180,9 @@ impl Inbound {
             self.authenticated.push(domain.clone());
         }
         self.core.authenticated = true;
-        self.core.events.push_back(Event::Authenticated { domain, method });
+        self.core
+            .events
+            .push_back(Event::Authenticated { domain, method });
     }
 
     fn cert_valid_for(&self, domain: &str) -> bool {
@@ -204,7 +207,8 @@ impl Inbound {
 
     fn on_header(&mut self, header: &Element, default_ns: &str) {
         if self.state != State::AwaitHeader {
-            self.core.fail("bad-format", Some("unexpected stream header"), None);
+            self.core
+                .fail("bad-format", Some("unexpected stream header"), None);
             return;
         }
         let from = header.attr("from").map(str::to_string);
@@ -290,12 +294,12 @@ impl Inbound {
             return;
         }
         let encrypted_enough = self.core.secure || !self.core.config.require_encryption;
-        if element.ns == DIALBACK_NS || element.is("auth", ns::SASL) || is_stanza(&element) {
-            if !encrypted_enough {
-                self.core
-                    .fail("policy-violation", Some("STARTTLS is required"), None);
-                return;
-            }
+        let gated =
+            element.ns == DIALBACK_NS || element.is("auth", ns::SASL) || is_stanza(&element);
+        if gated && !encrypted_enough {
+            self.core
+                .fail("policy-violation", Some("STARTTLS is required"), None);
+            return;
         }
         if element.is("auth", ns::SASL) {
             self.on_auth(&element);
@@ -311,9 +315,8 @@ impl Inbound {
     }
 
     fn on_auth(&mut self, element: &Element) {
-        let failure = |c: &str| {
-            Element::new("failure", ns::SASL).with_child(Element::new(c, ns::SASL))
-        };
+        let failure =
+            |c: &str| Element::new("failure", ns::SASL).with_child(Element::new(c, ns::SASL));
         if element.attr("mechanism") != Some("EXTERNAL") || self.sasl_done {
             self.core.write_element(&failure("invalid-mechanism"));
             return;
@@ -351,8 +354,11 @@ impl Inbound {
 
     fn on_db_result(&mut self, element: &Element) {
         if !self.core.config.dialback {
-            self.core
-                .fail("unsupported-stanza-type", Some("dialback is disabled"), None);
+            self.core.fail(
+                "unsupported-stanza-type",
+                Some("dialback is disabled"),
+                None,
+            );
             return;
         }
         let (Some(from), Some(to)) = (element.attr("from"), element.attr("to")) else {
@@ -389,7 +395,8 @@ impl Inbound {
             return;
         }
         if self.pending_dialback.len() >= 16 {
-            self.core.fail("policy-violation", Some("too many dialback requests"), None);
+            self.core
+                .fail("policy-violation", Some("too many dialback requests"), None);
             return;
         }
         self.pending_dialback.push((from.clone(), to.clone()));
@@ -409,13 +416,7 @@ impl Inbound {
             return;
         };
         let valid = self.is_local(to)
-            && super::verify_key(
-                &self.core.config.secret,
-                from,
-                to,
-                id,
-                &element.text(),
-            );
+            && super::verify_key(&self.core.config.secret, from, to, id, &element.text());
         let reply = Element::new("verify", DIALBACK_NS)
             .with_attr("from", to)
             .with_attr("to", from)

@@ -269,9 +269,7 @@ pub fn name_matches(name: &str, domain: &str) -> bool {
 /// The domain part of a JID string (after any `@`, before any `/`).
 pub fn jid_domain(jid: &str) -> &str {
     let no_resource = jid.split_once('/').map_or(jid, |(d, _)| d);
-    no_resource
-        .rsplit_once('@')
-        .map_or(no_resource, |(_, d)| d)
+    no_resource.rsplit_once('@').map_or(no_resource, |(_, d)| d)
 }
 
 /// Moves `element` and its descendants from namespace `from` to `to`

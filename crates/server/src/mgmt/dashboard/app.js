@@ -8,9 +8,12 @@
 (() => {
   const REFRESH_MS = 2000;
   const HISTORY = 90; // points kept per chart line (three minutes)
+  // The protocols shown: these first, then any other the broker reports.
   const PROTOCOLS = ['amqp', 'mqtt', 'xmpp'];
-  const LABELS = { amqp: 'AMQP 0-9-1', mqtt: 'MQTT', xmpp: 'XMPP' };
-  const COLORS = { amqp: '#c2410c', mqtt: '#1d4ed8', xmpp: '#15803d' };
+  const LABELS = { amqp: 'AMQP 0-9-1', mqtt: 'MQTT', xmpp: 'XMPP', coap: 'CoAP' };
+  const COLORS = { amqp: '#c2410c', mqtt: '#1d4ed8', xmpp: '#15803d', coap: '#7e22ce' };
+  const label = (p) => LABELS[p] || p.toUpperCase();
+  const color = (p) => COLORS[p] || '#6b7280';
   const AUTH_KEY = 'tributary.auth';
   const USER_KEY = 'tributary.user';
 
@@ -25,6 +28,11 @@
     search: '',
     armed: null, // the connection whose close button was pressed once
   };
+  function track(p) {
+    if (PROTOCOLS.includes(p)) return;
+    PROTOCOLS.push(p);
+    renderLegend();
+  }
   for (const p of PROTOCOLS) {
     state.history.publish[p] = [];
     state.history.deliver[p] = [];
@@ -207,6 +215,14 @@
 
   function renderProtocols(o) {
     const protocols = o.protocols || {};
+    for (const p of Object.keys(protocols)) {
+      if (!state.history.publish[p]) {
+        // A protocol seen for the first time: zeros before it, so its line lines up.
+        state.history.publish[p] = state.history.publish.amqp.map(() => 0);
+        state.history.deliver[p] = state.history.deliver.amqp.map(() => 0);
+      }
+      track(p);
+    }
     const cards = PROTOCOLS.map((p) => {
       const s = protocols[p] || {};
       const pub = (s.publish_details && s.publish_details.rate) || 0;
@@ -217,7 +233,7 @@
       return el(
         'article',
         { class: 'card', 'data-protocol': p, 'aria-labelledby': `card-${p}` },
-        el('h3', { id: `card-${p}` }, el('span', { class: `swatch ${p}`, 'aria-hidden': 'true' }), LABELS[p]),
+        el('h3', { id: `card-${p}` }, swatch(p), label(p)),
         el(
           'dl',
           {},
@@ -245,6 +261,16 @@
       `${fmt(t.consumers || 0)} consumers; ${fmt(t.exchanges || 0)} exchanges.`;
     drawChart($('chart-publish'), state.history.publish, 'published');
     drawChart($('chart-deliver'), state.history.deliver, 'delivered');
+  }
+
+  function swatch(p) {
+    const s = el('span', { class: 'swatch', 'aria-hidden': 'true' });
+    s.style.background = color(p);
+    return s;
+  }
+
+  function renderLegend() {
+    $('legend').replaceChildren(...PROTOCOLS.map((p) => el('li', {}, swatch(p), label(p))));
   }
 
   function push(line, value) {
@@ -288,12 +314,12 @@
     for (const p of PROTOCOLS) {
       const line = lines[p];
       const offset = HISTORY - line.length;
-      g.strokeStyle = COLORS[p];
+      g.strokeStyle = color(p);
       g.beginPath();
       line.forEach((v, i) => (i === 0 ? g.moveTo(x(i + offset), y(v)) : g.lineTo(x(i + offset), y(v))));
       g.stroke();
     }
-    const now = PROTOCOLS.map((p) => `${LABELS[p]} ${rate(lines[p][lines[p].length - 1])}`).join(', ');
+    const now = PROTOCOLS.map((p) => `${label(p)} ${rate(lines[p][lines[p].length - 1])}`).join(', ');
     canvas.setAttribute('aria-label', `Messages ${verb} per second now: ${now}`);
   }
 
@@ -498,8 +524,7 @@
         target.focus();
       });
     }
-    const legend = PROTOCOLS.map((p) => el('li', {}, el('span', { class: `swatch ${p}`, 'aria-hidden': 'true' }), LABELS[p]));
-    $('legend').replaceChildren(...legend);
+    renderLegend();
     window.addEventListener('hashchange', route);
     route();
   }

@@ -251,6 +251,7 @@ pub(super) enum Shape {
     Delete(&'static str, String),
     Close(SessionId, &'static str),
     Bridge(SessionId, Element),
+    Remote(Element),
 }
 
 pub(super) fn norm(e: &Element) -> Element {
@@ -281,6 +282,7 @@ pub(super) fn shapes(out: &[Output]) -> Vec<Shape> {
                 session, condition, ..
             } => Shape::Close(*session, condition),
             Output::Bridge { session, stanza } => Shape::Bridge(*session, norm(stanza)),
+            Output::Remote { stanza } => Shape::Remote(norm(stanza)),
         })
         .collect()
 }
