@@ -563,12 +563,27 @@ impl Default for AmqpConfig {
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `tributary=debug`; `RUST_LOG` wins when set.
     pub level: String,
+    /// `text` (one human-readable line per event) or `json` (one JSON
+    /// object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-01T10:00:00Z  INFO target: message key=value`.
+    #[default]
+    Text,
+    /// `{"timestamp":…,"level":"INFO","fields":{"message":…,…},"target":…}`.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

@@ -227,15 +227,19 @@ enum UserCommand {
     },
 }
 
-fn init_logging(level: &str) {
+fn init_logging(log: &config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        config::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        config::LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -249,7 +253,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, data_dir } => {
             let config = load_config(config.as_deref())?;
-            init_logging(&config.log.level);
+            init_logging(&config.log);
             let data_dir = data_dir
                 .or_else(|| config.data_dir.clone())
                 .unwrap_or_else(config::default_data_dir);

@@ -311,6 +311,23 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.conns.write().remove(&self.info.id);
         self.registry.retired[self.info.protocol.index()].add(&self.info.counters);
+        // One line per connection that ends, the same for every protocol.
+        let info = &self.info;
+        let details = info.details.lock().clone();
+        let [bytes_in, bytes_out, messages_in, messages_out] = info.counters.snapshot();
+        tracing::info!(
+            protocol = info.protocol.as_str(),
+            peer = %info.peer,
+            user = %details.user,
+            vhost = %details.vhost,
+            client = %details.client,
+            duration_ms = now_ms().saturating_sub(info.connected_at),
+            bytes_in,
+            bytes_out,
+            messages_in,
+            messages_out,
+            "connection closed"
+        );
     }
 }
 

@@ -327,7 +327,7 @@ impl Session {
                 Flow::Continue
             }
             Event::Closed { reason } => {
-                tracing::info!(peer = %self.peer, ?reason, "AMQP connection closed");
+                tracing::debug!(peer = %self.peer, ?reason, "AMQP connection closed");
                 self.close_all();
                 Flow::Closed
             }

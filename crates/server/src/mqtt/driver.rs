@@ -489,5 +489,5 @@ where
     if session.dropped > 0 {
         tracing::info!(peer = %peer, client_id = %session.client_id, dropped = session.dropped, "MQTT QoS 0 messages dropped for a slow client");
     }
-    tracing::info!(peer = %peer, client_id = %session.client_id, "MQTT connection closed");
+    tracing::debug!(peer = %peer, client_id = %session.client_id, "MQTT connection closed");
 }

@@ -590,7 +590,7 @@ fn bind(
         link.kill.clone(),
     ) {
         Ok(jid) => {
-            tracing::debug!(%jid, session, "XMPP resource bound");
+            tracing::info!(peer = %link.peer, user = link.username.as_deref().unwrap_or(""), %jid, "XMPP connection opened");
             link.session = Some(session);
             link.mailbox = Some(rx);
             if let Some(reg) = &link.reg {
