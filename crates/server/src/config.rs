@@ -35,6 +35,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// CoAP settings (docs/coap.md).
     pub coap: CoapConfig,
+    /// Kafka protocol settings (docs/streams.md).
+    pub kafka: KafkaConfig,
+}
+
+/// The Kafka listener: topics are stream queues of one vhost (docs/streams.md, "Kafka").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The vhost whose streams Kafka topics are.
+    pub vhost: String,
+    /// Create a missing topic (one partition) when a client asks for its metadata or
+    /// produces to it.
+    pub auto_create_topics: bool,
+    /// `host:port` clients are told to connect to (Metadata, FindCoordinator); empty: the
+    /// listener's bound address.
+    pub advertised_listener: String,
+    /// The user a connection acts as until it authenticates with SASL; empty: SASL is
+    /// required. Loopback-only users (guest) work only from loopback.
+    pub anonymous_user: String,
+    /// Largest request accepted, in bytes; also the bound on a decompressed record batch.
+    pub max_request_size: usize,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            vhost: "/".into(),
+            auto_create_topics: true,
+            advertised_listener: String::new(),
+            anonymous_user: "guest".into(),
+            max_request_size: 64 << 20,
+        }
+    }
 }
 
 /// CoAP (RFC 7252) over UDP and DTLS: resources under `/ps/<topic>` on
@@ -508,6 +541,10 @@ pub struct Listeners {
     pub coap: String,
     /// CoAP over DTLS 1.2 (5684); off (empty) by default.
     pub coaps: String,
+    /// The Kafka protocol (9092); off (empty) by default, `"127.0.0.1:9092"` turns it on.
+    pub kafka: String,
+    /// The Kafka protocol over TLS (9093); off (empty) by default.
+    pub kafkas: String,
 }
 
 impl Default for Listeners {
@@ -525,6 +562,8 @@ impl Default for Listeners {
             https: "127.0.0.1:15671".into(),
             coap: String::new(),
             coaps: String::new(),
+            kafka: String::new(),
+            kafkas: String::new(),
         }
     }
 }
@@ -713,6 +752,8 @@ impl Config {
             ("listeners.https", &self.listeners.https, "127.0.0.1:15671"),
             ("listeners.coap", &self.listeners.coap, "127.0.0.1:5683"),
             ("listeners.coaps", &self.listeners.coaps, "127.0.0.1:5684"),
+            ("listeners.kafka", &self.listeners.kafka, "127.0.0.1:9092"),
+            ("listeners.kafkas", &self.listeners.kafkas, "127.0.0.1:9093"),
         ] {
             if !value.is_empty() && value.parse::<SocketAddr>().is_err() {
                 return Err(bad(
@@ -903,6 +944,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The Kafka listener address, if enabled.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.listeners.kafka.parse().ok()
+    }
+
+    /// The Kafka-over-TLS listener address, if enabled.
+    pub fn kafkas_addr(&self) -> Option<SocketAddr> {
+        self.listeners.kafkas.parse().ok()
     }
 
     /// The CoAP (UDP) listener address, if enabled.
@@ -1096,8 +1147,9 @@ mod tests {
         assert_eq!(c.coap_addr(), None);
         assert_eq!(c.coaps_addr(), None);
         assert_eq!(c.coap.notification_type, NotificationType::Request);
-        let c = parse("[listeners]\ncoap = \"127.0.0.1:5683\"\n[coap]\nnotification_type = \"non\"\n")
-            .expect("on");
+        let c =
+            parse("[listeners]\ncoap = \"127.0.0.1:5683\"\n[coap]\nnotification_type = \"non\"\n")
+                .expect("on");
         assert_eq!(c.coap_addr().map(|a| a.port()), Some(5683));
         assert_eq!(c.coap.notification_type, NotificationType::Non);
         for (text, key) in [

@@ -452,11 +452,22 @@ async fn start_s2s(
         .tls
         .as_ref()
         .map(|t| (t.certificate_path(), t.key_path()));
-    let s2s = crate::xmpp::s2s::S2s::new(Arc::downgrade(ctx), &config.xmpp, files, shutdown.clone())?;
+    let s2s =
+        crate::xmpp::s2s::S2s::new(Arc::downgrade(ctx), &config.xmpp, files, shutdown.clone())?;
     ctx.set_s2s(s2s.clone());
     for (addr, direct_tls, name, key) in [
-        (config.xmpp_server_addr(), false, "xmpp-server", "listeners.xmpp_server"),
-        (config.xmpps_server_addr(), true, "xmpps-server", "listeners.xmpps_server"),
+        (
+            config.xmpp_server_addr(),
+            false,
+            "xmpp-server",
+            "listeners.xmpp_server",
+        ),
+        (
+            config.xmpps_server_addr(),
+            true,
+            "xmpps-server",
+            "listeners.xmpps_server",
+        ),
     ] {
         let Some(addr) = addr else { continue };
         let listener = TcpListener::bind(addr)

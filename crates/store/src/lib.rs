@@ -20,6 +20,7 @@
 //! ```
 
 mod meta;
+mod raft;
 mod record;
 mod recovery;
 
@@ -32,6 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+pub use crate::raft::RaftLog;
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -794,6 +797,11 @@ impl Store {
             .as_ref()
             .ok_or(StoreError::Closed)?
             .delete(table, key)
+    }
+
+    /// The Raft log kept in `meta.redb` (the cluster's metadata group).
+    pub fn raft_log(&self) -> RaftLog<'_> {
+        RaftLog { store: self }
     }
 
     /// All rows of `table`, ordered by key (empty if the table does not exist).

@@ -9,7 +9,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use crate::StoreError;
 
-fn meta_err(e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn meta_err(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     match e {
         redb::Error::DatabaseAlreadyOpen => StoreError::Locked,
@@ -25,6 +25,10 @@ impl Meta {
     pub(crate) fn open(path: &Path) -> Result<Meta, StoreError> {
         let db = Database::create(path).map_err(meta_err)?;
         Ok(Meta { db })
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
     }
 
     pub(crate) fn put(&self, table: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {

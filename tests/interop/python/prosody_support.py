@@ -15,6 +15,7 @@ domain: SRV -> 127.0.0.1 at Tributary's s2s port. No /etc/hosts or system resolv
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -28,7 +29,11 @@ PROSODYCTL = shutil.which("prosodyctl") or "/usr/bin/prosodyctl"
 
 
 def prosody_available() -> bool:
-    return Path(PROSODY).exists() and Path(PROSODYCTL).exists()
+    """prosody and prosodyctl, and lua-unbound (Prosody's resolver that takes `forward`)."""
+    import glob
+
+    return (Path(PROSODY).exists() and Path(PROSODYCTL).exists()
+            and bool(glob.glob("/usr/lib/*/lua/*/lunbound.so")))
 
 
 def free_port_outside_ephemeral(exclude: tuple[int, ...] = ()) -> int:
@@ -134,6 +139,7 @@ class Prosody:
         ca_line = f'cafile = "{ca_file}";' if ca_file else ""
         self.config.write_text(f"""
 pidfile = "{root}/prosody.pid"
+{"run_as_root = true" if os.geteuid() == 0 else ""}
 data_path = "{root}/data"
 log = {{ {{ levels = {{ min = "debug" }}, to = "file", filename = "{self.log_path}" }} }}
 interfaces = {{ "127.0.0.1" }}

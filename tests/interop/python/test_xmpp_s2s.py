@@ -36,6 +36,7 @@ class DomainBroker(XmppBroker):
         super().__init__(root, f'\n[xmpp]\ndomain = "{domain}"\n{extra}')
         self.domain = domain
         self.s2s_port = 0
+        self.ca_path: Path | None = None  # set when the broker has a CA-issued certificate
 
     def start(self):
         super().start()
@@ -45,7 +46,7 @@ class DomainBroker(XmppBroker):
 
     @property
     def cert_path(self) -> Path:
-        return self.data_dir / "xmpp" / f"{self.domain}.crt"
+        return self.ca_path or self.data_dir / "xmpp" / f"{self.domain}.crt"
 
 
 @pytest_asyncio.fixture

@@ -58,7 +58,12 @@ fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| Ok(u8::from_str_radix(s.get(i..i + 2).context("not ASCII")?, 16)?))
+        .map(|i| {
+            Ok(u8::from_str_radix(
+                s.get(i..i + 2).context("not ASCII")?,
+                16,
+            )?)
+        })
         .collect()
 }
 

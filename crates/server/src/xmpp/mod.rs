@@ -7,9 +7,9 @@
 //! them and stanzas reach each session in routing order.
 
 pub mod bridge;
+pub mod s2s;
 pub mod session;
 pub mod transport;
-pub mod s2s;
 pub mod upload;
 
 use crate::config::XmppConfig;
