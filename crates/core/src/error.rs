@@ -28,6 +28,10 @@ pub enum CoreError {
     /// A feature the broker does not implement (AMQP 540).
     #[error("NOT_IMPLEMENTED - {0}")]
     NotImplemented(String),
+    /// The broker could not do it now, e.g. a clustered node without a quorum for a
+    /// definition change (AMQP 541, a connection error).
+    #[error("INTERNAL_ERROR - {0}")]
+    Internal(String),
 }
 
 /// Shorthand for core results.

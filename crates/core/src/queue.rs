@@ -1132,7 +1132,7 @@ impl Queue {
     }
 
     /// Checks the delete preconditions (if-unused, if-empty).
-    pub(crate) fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<()> {
+    pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> CoreResult<()> {
         let st = self.state.lock();
         if if_unused && !st.consumers.is_empty() {
             return Err(CoreError::PreconditionFailed(format!(

@@ -37,6 +37,8 @@ pub struct Config {
     pub coap: CoapConfig,
     /// Kafka protocol settings (docs/streams.md).
     pub kafka: KafkaConfig,
+    /// Clustering (docs/cluster.md); off unless `node_id` is set.
+    pub cluster: ClusterConfig,
 }
 
 /// The Kafka listener: topics are stream queues of one vhost (docs/streams.md, "Kafka").
@@ -418,6 +420,9 @@ pub struct S2sConfig {
     pub queue_limit: usize,
     /// Secret dialback keys are derived from; empty: random at each start.
     pub dialback_secret: String,
+    /// The DNS server for SRV and A/AAAA lookups of peers, `ip:port`;
+    /// empty: the system's (`/etc/resolv.conf`).
+    pub resolver: String,
 }
 
 impl Default for S2sConfig {
@@ -434,6 +439,7 @@ impl Default for S2sConfig {
             connect_timeout: 30,
             queue_limit: 1000,
             dialback_secret: String::new(),
+            resolver: String::new(),
         }
     }
 }
@@ -545,6 +551,9 @@ pub struct Listeners {
     pub kafka: String,
     /// The Kafka protocol over TLS (9093); off (empty) by default.
     pub kafkas: String,
+    /// The cluster listener (RabbitMQ's inter-node port, 25672). Used only when `[cluster]`
+    /// is configured; empty then means `127.0.0.1:25672`.
+    pub cluster: String,
 }
 
 impl Default for Listeners {
@@ -564,7 +573,87 @@ impl Default for Listeners {
             coaps: String::new(),
             kafka: String::new(),
             kafkas: String::new(),
+            cluster: String::new(),
         }
+    }
+}
+
+/// Clustering (docs/cluster.md). Nothing of it runs unless `node_id` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster; setting it turns clustering on.
+    pub node_id: Option<u64>,
+    /// Peers to form or join a cluster with, as `"id@host:port"`; empty for the first node
+    /// of a new cluster.
+    pub seeds: Vec<String>,
+    /// The shared cluster secret (RabbitMQ's Erlang cookie); never sent on the wire.
+    pub secret: String,
+    /// A file holding the secret instead (trailing whitespace ignored).
+    pub secret_file: String,
+    /// The address peers reach this node at; empty means the listener's bound address.
+    pub advertise: String,
+    /// How long a definition change waits for a quorum before it is refused, in ms.
+    pub command_timeout_ms: u64,
+    /// Raft heartbeat interval, in ms.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (lower bound; the upper is twice it), in ms.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            seeds: Vec::new(),
+            secret: String::new(),
+            secret_file: String::new(),
+            advertise: String::new(),
+            command_timeout_ms: 5000,
+            heartbeat_ms: 250,
+            election_timeout_ms: 1000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The secret's bytes, from `secret` or `secret_file`.
+    pub fn secret_bytes(&self) -> Result<Vec<u8>, std::io::Error> {
+        if !self.secret_file.is_empty() {
+            let text = std::fs::read_to_string(&self.secret_file)?;
+            return Ok(text.trim_end().as_bytes().to_vec());
+        }
+        Ok(self.secret.as_bytes().to_vec())
+    }
+
+    fn validate(&self, bad: impl Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+        if self.node_id.is_none() {
+            return Ok(());
+        }
+        if self.secret.is_empty() && self.secret_file.is_empty() {
+            return Err(bad(
+                "cluster.secret",
+                "a clustered node needs `secret` or `secret_file`".into(),
+            ));
+        }
+        for seed in &self.seeds {
+            let ok = seed
+                .split_once('@')
+                .is_some_and(|(id, addr)| id.parse::<u64>().is_ok() && !addr.is_empty());
+            if !ok {
+                return Err(bad(
+                    "cluster.seeds",
+                    format!("`{seed}` is not id@host:port such as 1@127.0.0.1:25672"),
+                ));
+            }
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms {
+            return Err(bad(
+                "cluster.election_timeout_ms",
+                "must be greater than heartbeat_ms, which must not be 0".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -707,6 +796,7 @@ impl Config {
             key,
             message,
         };
+        self.cluster.validate(bad)?;
         if !self.listeners.amqp.is_empty() && self.listeners.amqp.parse::<SocketAddr>().is_err() {
             return Err(bad(
                 "listeners.amqp",
@@ -999,6 +1089,16 @@ impl Config {
     /// The XMPP server-to-server direct-TLS listener address, if enabled.
     pub fn xmpps_server_addr(&self) -> Option<SocketAddr> {
         self.listeners.xmpps_server.parse().ok()
+    }
+
+    /// The cluster listener address, when `[cluster]` is configured.
+    pub fn cluster_addr(&self) -> Option<String> {
+        self.cluster.node_id?;
+        if self.listeners.cluster.is_empty() {
+            Some("127.0.0.1:25672".into())
+        } else {
+            Some(self.listeners.cluster.clone())
+        }
     }
 
     /// The AMQP listener address, if enabled.

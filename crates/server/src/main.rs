@@ -1,9 +1,11 @@
 //! The `tributary` binary: `serve`, `config check` and `user` commands.
 
 mod amqp;
+mod cluster;
 mod coap;
 mod ctl;
 mod http;
+mod kafka;
 mod limits;
 mod mailbox;
 mod memory;

@@ -32,15 +32,18 @@ pub enum Protocol {
     Xmpp,
     /// CoAP over UDP or DTLS: one entry per peer address.
     Coap,
+    /// The Kafka protocol.
+    Kafka,
 }
 
 impl Protocol {
     /// Every protocol, in a stable order (for metrics).
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Amqp,
         Protocol::Mqtt,
         Protocol::Xmpp,
         Protocol::Coap,
+        Protocol::Kafka,
     ];
 
     /// The lower-case name used in metrics labels and the API's `protocol` field.
@@ -50,6 +53,7 @@ impl Protocol {
             Protocol::Mqtt => "mqtt",
             Protocol::Xmpp => "xmpp",
             Protocol::Coap => "coap",
+            Protocol::Kafka => "kafka",
         }
     }
 
@@ -60,6 +64,7 @@ impl Protocol {
             Protocol::Mqtt => "MQTT",
             Protocol::Xmpp => "XMPP",
             Protocol::Coap => "CoAP",
+            Protocol::Kafka => "Kafka",
         }
     }
 
@@ -69,6 +74,7 @@ impl Protocol {
             Protocol::Mqtt => 1,
             Protocol::Xmpp => 2,
             Protocol::Coap => 3,
+            Protocol::Kafka => 4,
         }
     }
 }
@@ -288,9 +294,9 @@ pub struct Registry {
     conns: RwLock<BTreeMap<u64, Arc<ConnInfo>>>,
     next_id: AtomicU64,
     /// Counters of closed connections, by protocol.
-    retired: [Counters; 4],
+    retired: [Counters; 5],
     /// Connections ever opened, by protocol.
-    opened: [AtomicU64; 4],
+    opened: [AtomicU64; 5],
 }
 
 /// A connection's place in the registry; dropping it removes the entry.

@@ -39,6 +39,13 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         config.store.memory_budget,
         &vhost_names,
     )?;
+    let cluster = match config.cluster_addr() {
+        Some(addr) => {
+            crate::cluster::start(&config.cluster, &addr, broker.clone(), store.clone(), &data_dir)
+                .await?
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let (flow_tx, flow_rx) = tokio::sync::watch::channel(false);
     let tracker = TaskTracker::new();
@@ -161,6 +168,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         tls: &tls,
         limits: &limits,
     };
+    start_kafka(&config, &services, auth_failure_delay, &shutdown, &tracker).await?;
     let xmpp = start_xmpp(&config, &data_dir, &services, &shutdown, &tracker).await?;
     let mut certificates = vec![tls.clone()];
     if let Some(own) = xmpp.as_ref().and_then(|x| x.tls.clone())
@@ -250,6 +258,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("some connections did not close in time");
+    }
+    if let Some(cluster) = &cluster {
+        cluster.shutdown().await;
     }
     crate::persistence::flush_streams(&broker);
     if let Err(e) = store.close() {
@@ -389,6 +400,64 @@ fn spawn_accept<F, Fut>(
             }
         }
     });
+}
+
+/// The `host:port` a Kafka listener advertises: `[kafka] advertised_listener`, else the bound
+/// address.
+fn kafka_advertised(config: &Config, local: std::net::SocketAddr) -> Arc<(String, i32)> {
+    let configured = config
+        .kafka
+        .advertised_listener
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<i32>().ok()?)));
+    Arc::new(configured.unwrap_or_else(|| (local.ip().to_string(), i32::from(local.port()))))
+}
+
+/// Starts the Kafka listeners (`[listeners] kafka`, `kafkas`), off by default.
+async fn start_kafka(
+    config: &Config,
+    services: &Services<'_>,
+    auth_failure_delay: Duration,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    if config.kafka_addr().is_none() && config.kafkas_addr().is_none() {
+        return Ok(());
+    }
+    let groups = crate::kafka::Groups::new(Some(services.store.clone()));
+    tracker.spawn(groups.clone().run_ticker(shutdown.clone()));
+    let ctx = Arc::new(crate::kafka::KafkaContext {
+        broker: services.broker.clone(),
+        users: services.users.clone(),
+        limits: services.limits.clone(),
+        shutdown: shutdown.clone(),
+        config: config.kafka.clone(),
+        groups,
+        auth_failure_delay,
+    });
+    if let Some(addr) = config.kafka_addr() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for Kafka on {addr} (listeners.kafka)"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening protocol=kafka addr={local}");
+        let (ctx, advertised) = (ctx.clone(), kafka_advertised(config, local));
+        spawn_accept(listener, tracker, shutdown, move |stream, peer| {
+            crate::kafka::run(stream, peer, ctx.clone(), advertised.clone())
+        });
+    }
+    if let Some(addr) = config.kafkas_addr() {
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for Kafka over TLS on {addr} (listeners.kafkas)")
+        })?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening protocol=kafkas addr={local}");
+        let (ctx, advertised, tls) = (ctx.clone(), kafka_advertised(config, local), services.tls.clone());
+        spawn_accept(listener, tracker, shutdown, move |stream, peer| {
+            crate::kafka::run_tls(stream, peer, ctx.clone(), advertised.clone(), tls.clone())
+        });
+    }
+    Ok(())
 }
 
 /// Starts the CoAP listeners (`[listeners] coap`, UDP; `coaps`, DTLS),

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tributary_sasl::{ScramCredentials, ScramHash};
 
-const FILE_NAME: &str = "users.json";
+/// The user database file in the data directory.
+pub const FILE_NAME: &str = "users.json";
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// How often [`UserDb::generation`] looks at the file's modification time.
 const GENERATION_RECHECK_MS: u64 = 100;
@@ -318,6 +319,9 @@ pub enum UserError {
     #[error("invalid vhost name '{0}'")]
     BadVhost(String),
     /// `set_limits` JSON that is not an object of known limits.
+    /// A clustered node could not replicate the change (no quorum, or a concurrent edit).
+    #[error("{0}")]
+    Cluster(String),
     #[error("invalid vhost limits: {0}")]
     BadLimits(String),
 }
@@ -454,10 +458,16 @@ fn read_file(path: &Path) -> Result<UserFile, UserError> {
 }
 
 fn write_file(path: &Path, file: &UserFile) -> Result<(), UserError> {
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(file).map_err(|e| UserError::Hash(e.to_string()))?;
+    write_document(path, &bytes)
+}
+
+/// Replaces the user database file with `bytes` atomically (temp file, fsync, rename,
+/// directory fsync); the cluster's applier writes the replicated document this way.
+pub fn write_document(path: &Path, bytes: &[u8]) -> Result<(), UserError> {
+    let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&bytes).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(dir) = path.parent()
@@ -513,10 +523,46 @@ impl UserAdmin {
         &self,
         f: impl FnOnce(&mut UserFile) -> Result<(), UserError>,
     ) -> Result<(), UserError> {
+        if crate::cluster::active().is_some() {
+            return self.edit_replicated(f);
+        }
         let mut file = read_file(&self.path)?;
         file.format_version = FORMAT_VERSION;
         f(&mut file)?;
         write_file(&self.path, &file)
+    }
+
+    /// In a cluster: the edit is made on the replicated document (or on this node's file
+    /// before the first replicated change) and proposed as a whole; every node's applier
+    /// then writes it (see `crate::cluster`).
+    fn edit_replicated(
+        &self,
+        f: impl FnOnce(&mut UserFile) -> Result<(), UserError>,
+    ) -> Result<(), UserError> {
+        let (expected, mut file) = match crate::cluster::users_document() {
+            Some((version, bytes)) => (
+                version,
+                serde_json::from_slice::<UserFile>(&bytes).map_err(|e| UserError::Corrupt {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })?,
+            ),
+            None => (0, read_file(&self.path)?),
+        };
+        file.format_version = FORMAT_VERSION;
+        f(&mut file)?;
+        let document =
+            serde_json::to_vec_pretty(&file).map_err(|e| UserError::Hash(e.to_string()))?;
+        match crate::cluster::replicate(|| tributary_cluster::Command::PutUsers {
+            expected,
+            document,
+        }) {
+            Ok(tributary_cluster::Outcome::Applied) => Ok(()),
+            Ok(tributary_cluster::Outcome::Conflict { .. }) => Err(UserError::Cluster(
+                "the user database was changed on another node at the same time; retry".into(),
+            )),
+            Err(e) => Err(UserError::Cluster(e.to_string())),
+        }
     }
 
     /// Creates a virtual host (`rabbitmqctl add_vhost`); the running

@@ -1,9 +1,9 @@
 //! The AMQP side of a queue consumer: credit (prefetch, flow, connection
 //! buffer) and the hand-off of deliveries to the connection task.
 
+use crate::mailbox::UnboundedSender;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use tokio::sync::mpsc::UnboundedSender;
 use tributary_core::{ConsumerSink, Delivery};
 
 /// Deliveries a connection may have queued for its writer before queues stop

@@ -10,9 +10,8 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tributary_amqp::{Connection, ConnectionConfig, Event, reply};
 use tributary_core::Broker;
@@ -24,10 +23,6 @@ const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 const DELIVERY_BUDGET: usize = 256;
 /// How often a connection blocked by the inline memory check looks again.
 const FLOW_RECHECK: Duration = Duration::from_millis(50);
-/// First read buffer of a connection.
-const READ_CHUNK_MIN: usize = 4096;
-/// Largest read chunk a busy connection grows to.
-const READ_CHUNK_MAX: usize = 64 * 1024;
 /// How long a connection may take to answer our connection.close at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -131,7 +126,8 @@ where
         user: None,
     };
     let high_water = WRITE_HIGH_WATER.min(ctx.max_buffered_bytes);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
+    // Allocates nothing until the first delivery (memory per idle connection).
+    let (tx, mut rx) = crate::mailbox::unbounded::<Outbound>();
     let config = match origin.peer_identity {
         Some(_) => ctx.config.clone().with_external(),
         None => ctx.config.clone(),
@@ -140,8 +136,9 @@ where
     let mut session = Session::new(ctx.broker.clone(), ctx.users.clone(), peer, tx);
     session.set_max_pending_bytes(ctx.max_buffered_bytes);
     session.set_peer_identity(origin.peer_identity);
-    // Small to start with, so idle connections stay cheap; busy ones grow.
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK_MIN);
+    // No read buffer while idle: reads go through the thread's scratch
+    // buffer (up to 64 KiB at once) and only what came is kept here.
+    let mut inbuf = BytesMut::new();
     let mut outbuf = BytesMut::new();
     let mut shutting_down = false;
     let mut shutdown_deadline: Option<tokio::time::Instant> = None;
@@ -216,7 +213,7 @@ where
                     Err(_) => break,
                 }
             }
-            r = rd.read_buf(&mut inbuf), if can_read => {
+            r = crate::readbuf::read_into(&mut rd, &mut inbuf), if can_read => {
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
@@ -224,10 +221,8 @@ where
                         conn.handle_input(&mut inbuf, Instant::now());
                     }
                 }
-                if inbuf.capacity() - inbuf.len() < READ_CHUNK_MIN {
-                    // A full buffer means a busy peer: read bigger chunks.
-                    let grow = if inbuf.capacity() >= READ_CHUNK_MAX / 2 { READ_CHUNK_MAX } else { inbuf.capacity() * 2 };
-                    inbuf.reserve(grow);
+                if inbuf.is_empty() && inbuf.capacity() != 0 {
+                    inbuf = BytesMut::new();
                 }
             }
             Some(first) = rx.recv(), if outbuf.len() < high_water => {
@@ -242,13 +237,13 @@ where
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(next) => {
+                        Some(next) => {
                             if matches!(next, Outbound::Deliver(..)) {
                                 places.reg.counters.message_out();
                             }
                             session.handle_outbound(&mut conn, next)
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 session.redispatch_if_starved();
@@ -281,7 +276,7 @@ where
     session.close_all();
     // Deliveries still in flight go back to their queues.
     rx.close();
-    while let Ok(out) = rx.try_recv() {
+    while let Some(out) = rx.try_recv() {
         session.handle_outbound(&mut conn, out);
     }
 }

@@ -5,13 +5,13 @@
 use super::channel::{Channel, ChannelConsumer, Confirm, Outcome, TxOp, Unacked, settle};
 use super::consumer::{AmqpConsumer, ConnectionCredit, Outbound, Sink};
 use super::props;
+use crate::mailbox::UnboundedSender;
 use crate::users::{Access, AuthError, DEFAULT_VHOST, UserDb};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use tokio::sync::mpsc::UnboundedSender;
 use tributary_amqp::reply;
 use tributary_amqp::{BasicProperties, Connection, Event, FieldValue, Method, ShortStr};
 use tributary_core::{
@@ -869,7 +869,8 @@ impl Session {
                 if !passive {
                     self.permit_exchange_declare(&vhost, text(&exchange), text(&kind), &arguments)?;
                 }
-                vhost.declare_exchange(text(&exchange), text(&kind), passive, |kind| {
+                let created = !passive && vhost.exchange(text(&exchange)).is_err();
+                let x = vhost.declare_exchange(text(&exchange), text(&kind), passive, |kind| {
                     ExchangeOptions {
                         delayed: false,
                         kind,
@@ -879,6 +880,7 @@ impl Session {
                         arguments,
                     }
                 })?;
+                crate::cluster::exchange_declared(&vhost, &x, created)?;
                 if !nowait {
                     conn.send_method(channel, &Method::ExchangeDeclareOk);
                 }
@@ -894,6 +896,7 @@ impl Session {
                 if !name.is_empty() && !name.starts_with("amq.") {
                     self.permit(Access::Configure, "exchange", name)?;
                 }
+                crate::cluster::deleting_exchange(&vhost, name, if_unused)?;
                 vhost.delete_exchange(name, if_unused)?;
                 if !nowait {
                     conn.send_method(channel, &Method::ExchangeDeleteOk);
@@ -908,11 +911,20 @@ impl Session {
                 ..
             } => {
                 self.permit_binding("exchange", text(&destination), text(&source))?;
+                let arguments = props::table_to_core(arguments);
                 vhost.bind_exchange(
                     text(&destination),
                     text(&source),
                     text(&routing_key),
-                    props::table_to_core(arguments),
+                    arguments.clone(),
+                )?;
+                crate::cluster::bound(
+                    &vhost,
+                    text(&source),
+                    true,
+                    text(&destination),
+                    text(&routing_key),
+                    &arguments,
                 )?;
                 if !nowait {
                     conn.send_method(channel, &Method::ExchangeBindOk);
@@ -927,11 +939,20 @@ impl Session {
                 ..
             } => {
                 self.permit_binding("exchange", text(&destination), text(&source))?;
+                let arguments = props::table_to_core(arguments);
+                crate::cluster::unbinding(
+                    &vhost,
+                    text(&source),
+                    true,
+                    text(&destination),
+                    text(&routing_key),
+                    &arguments,
+                )?;
                 vhost.unbind_exchange(
                     text(&destination),
                     text(&source),
                     text(&routing_key),
-                    props::table_to_core(arguments),
+                    arguments,
                 )?;
                 if !nowait {
                     conn.send_method(channel, &Method::ExchangeUnbindOk);
@@ -961,7 +982,10 @@ impl Session {
                 let d = if passive {
                     vhost.declare_queue(&name, passive, options, id)?
                 } else {
-                    self.declare_queue_permitted(&vhost, &name, options)?
+                    let created = name.is_empty() || vhost.queue(&name, id).is_err();
+                    let d = self.declare_queue_permitted(&vhost, &name, options)?;
+                    crate::cluster::queue_declared(&vhost, &d.queue, created)?;
+                    d
                 };
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.last_queue = Some(d.queue.name_arc().clone());
@@ -988,12 +1012,21 @@ impl Session {
                 let q = self.queue_name(channel, &queue)?;
                 self.permit_binding("queue", &q, text(&exchange))?;
                 self.permit_topic(Access::Read, text(&exchange), text(&routing_key))?;
+                let arguments = props::table_to_core(arguments);
                 vhost.bind_queue(
                     &q,
                     text(&exchange),
                     text(&routing_key),
-                    props::table_to_core(arguments),
+                    arguments.clone(),
                     id,
+                )?;
+                crate::cluster::bound(
+                    &vhost,
+                    text(&exchange),
+                    false,
+                    &q,
+                    text(&routing_key),
+                    &arguments,
                 )?;
                 if !nowait {
                     conn.send_method(channel, &Method::QueueBindOk);
@@ -1009,13 +1042,16 @@ impl Session {
                 let q = self.queue_name(channel, &queue)?;
                 self.permit_binding("queue", &q, text(&exchange))?;
                 self.permit_topic(Access::Read, text(&exchange), text(&routing_key))?;
-                vhost.unbind_queue(
-                    &q,
+                let arguments = props::table_to_core(arguments);
+                crate::cluster::unbinding(
+                    &vhost,
                     text(&exchange),
+                    false,
+                    &q,
                     text(&routing_key),
-                    props::table_to_core(arguments),
-                    id,
+                    &arguments,
                 )?;
+                vhost.unbind_queue(&q, text(&exchange), text(&routing_key), arguments, id)?;
                 conn.send_method(channel, &Method::QueueUnbindOk);
             }
             Method::QueuePurge { queue, nowait, .. } => {
@@ -1041,6 +1077,7 @@ impl Session {
             } => {
                 let name = self.queue_name(channel, &queue)?;
                 self.permit(Access::Configure, "queue", &name)?;
+                crate::cluster::deleting_queue(&vhost, &name, if_unused, if_empty, id)?;
                 let n = vhost.delete_queue(&name, if_unused, if_empty, id)?;
                 if !nowait {
                     conn.send_method(channel, &Method::QueueDeleteOk { message_count: n });

@@ -53,7 +53,7 @@ pub fn load_psk_file(path: &Path) -> anyhow::Result<PskKeys> {
 }
 
 fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         anyhow::bail!("odd number of hex digits");
     }
     (0..s.len())

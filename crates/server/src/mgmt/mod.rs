@@ -19,6 +19,7 @@
 
 mod access;
 mod auth;
+mod cluster;
 mod dashboard;
 mod definitions;
 mod json;
@@ -190,6 +191,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: St) -> Router<S> {
         .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(axum::middleware::from_fn(listing::columns_and_sort))
         .merge(dashboard::routes())
+        .merge(cluster::routes())
         .with_state(state)
 }
 
@@ -220,6 +222,7 @@ impl From<CoreError> for ApiError {
         match e {
             CoreError::NotFound(_) => ApiError::NotFound,
             CoreError::AccessRefused(r) => ApiError::Forbidden(r),
+            CoreError::Internal(r) => ApiError::Internal(r),
             other => ApiError::BadRequest(other.to_string()),
         }
     }
@@ -230,7 +233,9 @@ impl From<crate::users::UserError> for ApiError {
         use crate::users::UserError as E;
         match e {
             E::Missing(_) => ApiError::NotFound,
-            E::Io { .. } | E::Corrupt { .. } | E::Hash(_) => ApiError::Internal(e.to_string()),
+            E::Io { .. } | E::Corrupt { .. } | E::Hash(_) | E::Cluster(_) => {
+                ApiError::Internal(e.to_string())
+            }
             other => ApiError::BadRequest(other.to_string()),
         }
     }

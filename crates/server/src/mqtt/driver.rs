@@ -104,11 +104,12 @@ pub async fn run_tls(
         tls: true,
         websocket: false,
     };
-    match tls.accept(stream).await {
+    // Both boxed: the task holds only the state it is in (memory per connection).
+    match Box::pin(tls.accept(stream)).await {
         Ok(accepted) => {
             let cert_user = accepted.peer_name.filter(|_| ctx.ssl_cert_login);
             transport
-                .scope(serve_as(accepted.stream, peer, ctx, cert_user))
+                .scope(Box::pin(serve_as(accepted.stream, peer, ctx, cert_user)))
                 .await;
         }
         Err(e) => tracing::debug!(%peer, error = %e, "MQTT TLS handshake failed"),

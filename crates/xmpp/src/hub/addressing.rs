@@ -76,10 +76,7 @@ impl Hub {
         if stanza_type(stanza) == Some("error") {
             return;
         }
-        out.push(Output::Deliver {
-            session,
-            stanza: err.reply_to(stanza),
-        });
+        super::sessions::deliver(out, session, err.reply_to(stanza));
     }
 
     /// Sends `err` as a reply to `stanza` to whoever its `from` names, when

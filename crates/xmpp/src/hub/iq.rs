@@ -172,7 +172,9 @@ impl Hub {
                 deliver(out, session, result_for(stanza))
             }
             (ns::BLOCKING, _) if own => self.blocking_iq(session, &cx.user, stanza, &payload, out),
-            (ns::CARBONS, "enable" | "disable") if to_server || own => {
+            (ns::CARBONS, "enable" | "disable")
+                if (to_server || own) && !super::remote_users::is_remote_session(session) =>
+            {
                 self.carbons_iq(session, stanza, &payload, out)
             }
             (ns::PUBSUB | ns::PUBSUB_OWNER, "pubsub") => match scope {

@@ -81,6 +81,12 @@ impl Hub {
                 if self.config.federation && carbons::eligible(&stanza, MsgType::of(&stanza)) {
                     self.sent_carbons(cx.session, &cx.user, &stanza, &[], out);
                 }
+                let stanza = if self.config.federation {
+                    let peer = to.to_bare();
+                    self.archive_remote_chat(&cx.user, &peer, stanza, cx.now, true, out)
+                } else {
+                    stanza
+                };
                 self.send_remote(Some(cx.session), stanza, out);
             }
             Dest::Server { .. } => {

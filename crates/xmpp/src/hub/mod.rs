@@ -81,6 +81,7 @@ mod persist;
 mod presence;
 mod pubsub;
 mod remote;
+mod remote_users;
 mod roster;
 mod sessions;
 mod subscription;
@@ -97,6 +98,7 @@ use tributary_xmpp_xml::Element;
 
 pub use errors::{HubError, StanzaError};
 pub use listing::{NodeSummary, RoomSummary};
+pub use remote_users::REMOTE_SESSION_BASE;
 
 use crate::ns;
 
@@ -253,6 +255,8 @@ pub struct Hub {
     muc: muc::Muc,
     /// Message archives (XEP-0313).
     mam: mam::Mam,
+    /// Remote JIDs in our rooms and services (federation).
+    remote_sessions: remote_users::RemoteSessions,
 }
 
 /// Who sent the stanza being handled, and the call's environment.
@@ -314,6 +318,7 @@ impl Hub {
             next_push_id: 1,
             resource_seed: RandomState::new(),
             resource_counter: 0,
+            remote_sessions: Default::default(),
         }
     }
 

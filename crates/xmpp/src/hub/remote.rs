@@ -156,9 +156,9 @@ impl Hub {
     /// Messages are routed as any message (available resources, offline
     /// storage); presence updates the subscription state machine, reaches
     /// subscribed resources, and probes are answered; IQs go to bound full
-    /// JIDs, pings to the server are answered, other requests get
-    /// `<service-unavailable/>`. Our MUC and pubsub services do not serve
-    /// remote users yet (`<service-unavailable/>`).
+    /// JIDs, and IQs to the server or an account's bare JID are answered as
+    /// a local user's would be (disco, vCard, PEP, ping). Stanzas to our MUC
+    /// and pubsub services are served as a local user's (`remote_users`).
     pub fn handle_remote_stanza(
         &mut self,
         stanza: Element,
@@ -178,13 +178,31 @@ impl Hub {
         let Ok(Some(to)) = parse_to(&stanza) else {
             return;
         };
+        let full_from = from.clone().try_into_full().ok();
+        if self.is_muc_domain(to.domain().as_str()) || self.is_pubsub_service(&to) {
+            let Some(full_from) = full_from else {
+                self.bounce_remote(&stanza, StanzaError::service_unavailable(), out);
+                return;
+            };
+            if self.is_muc_domain(to.domain().as_str()) {
+                self.remote_to_muc(full_from, to, stanza, accounts, now_unix_ms, out);
+            } else {
+                self.remote_as_client(full_from, to, stanza, accounts, now_unix_ms, out);
+            }
+            return;
+        }
         if !self.is_foreign_domain(to.domain().as_str()) && to.domain().as_str() != self.domain {
             self.bounce_remote(&stanza, StanzaError::service_unavailable(), out);
             return;
         }
         match self.classify(&to) {
             Dest::Remote => {}
-            Dest::Server { .. } => self.server_stanza_from_remote(&stanza, out),
+            Dest::Server { with_resource } => match full_from {
+                Some(f) if stanza.name == "iq" && !with_resource => {
+                    self.remote_as_client(f, to, stanza, accounts, now_unix_ms, out)
+                }
+                _ => self.server_stanza_from_remote(&stanza, out),
+            },
             Dest::Local { bare, full } => {
                 if !account_exists(accounts, &bare) {
                     if stanza.name != "presence" {
@@ -200,6 +218,14 @@ impl Hub {
                 }
                 match stanza.name.as_str() {
                     "message" => {
+                        let stanza = self.archive_remote_chat(
+                            &from.to_bare(),
+                            &bare,
+                            stanza,
+                            now_unix_ms,
+                            false,
+                            out,
+                        );
                         let routing = Routing {
                             sender_session: None,
                             now: now_unix_ms,
@@ -214,7 +240,12 @@ impl Hub {
                     "presence" => {
                         self.presence_from_remote(&from, &bare, full.as_ref(), stanza, out)
                     }
-                    "iq" => self.iq_from_remote(full.as_ref(), stanza, out),
+                    "iq" => match (full.as_ref(), full_from) {
+                        (None, Some(f)) => {
+                            self.remote_as_client(f, to, stanza, accounts, now_unix_ms, out)
+                        }
+                        _ => self.iq_from_remote(full.as_ref(), stanza, out),
+                    },
                     _ => {}
                 }
             }

@@ -146,7 +146,13 @@ impl Hub {
     }
 }
 
-/// Queues a stanza for a session.
+/// Queues a stanza for a session; for the session id of a remote JID (a
+/// remote occupant of a room, a remote sender of an IQ) it goes to that
+/// JID's server, its `to` already set.
 pub(super) fn deliver(out: &mut Vec<Output>, session: SessionId, stanza: Element) {
-    out.push(Output::Deliver { session, stanza });
+    if super::remote_users::is_remote_session(session) {
+        out.push(Output::Remote { stanza });
+    } else {
+        out.push(Output::Deliver { session, stanza });
+    }
 }

@@ -60,6 +60,11 @@ impl Outbound {
         out
     }
 
+    /// Our domain on this stream (the main one or a service's).
+    pub fn local(&self) -> &str {
+        &self.core.config.local_domain
+    }
+
     /// The peer's domain.
     pub fn remote(&self) -> &str {
         &self.remote

@@ -3,17 +3,23 @@
 //!
 //! [`S2s`] keeps one outbound stream per peer domain, each run by its own
 //! task that connects (the static `[xmpp.s2s] peers` map or `peers_file`,
-//! else the domain's A/AAAA records on port 5269), negotiates STARTTLS,
+//! else DNS SRV and A/AAAA, see [`dns`]), negotiates STARTTLS (or starts
+//! with TLS for an `_xmpps-server` record),
 //! authenticates (SASL EXTERNAL or dialback) and then sends what the hub
 //! routes there. Stanzas wait in the task's bounded queue while the stream
 //! is set up; when the peer cannot be reached they go back to the hub,
 //! which bounces them to their senders (`<remote-server-not-found/>`, or
 //! `<remote-server-timeout/>` when the handshake took too long). A stream
 //! idle for `idle_timeout` closes; the next stanza opens a new one.
+//! Streams are keyed by (our sending domain, peer domain): stanzas from our
+//! MUC and pubsub services leave on streams of their own, authenticated for
+//! the service's domain (by dialback, or a certificate valid for it), as
+//! peers such as Prosody require.
 //! Inbound streams (the `xmpp_server` and `xmpps_server` listeners) hand
 //! their stanzas to the hub, and dialback keys they receive are checked by
 //! connecting back to the claimed domain.
 
+pub mod dns;
 pub mod tls;
 
 use super::XmppContext;
@@ -41,7 +47,8 @@ pub struct S2s {
     tls: Option<tls::S2sTls>,
     secret: Vec<u8>,
     limits: Limits,
-    routes: Mutex<HashMap<String, mpsc::Sender<Element>>>,
+    routes: Mutex<HashMap<(String, String), mpsc::Sender<Element>>>,
+    resolver: Option<hickory_resolver::TokioResolver>,
     shutdown: CancellationToken,
     epoch: Instant,
 }
@@ -165,8 +172,10 @@ impl S2s {
             .into_iter()
             .flatten()
             .collect();
+        let resolver = dns::build_resolver(&config.resolver)?;
         Ok(Arc::new(S2s {
             ctx,
+            resolver,
             domain: xmpp.domain.clone(),
             services,
             tls,
@@ -187,8 +196,17 @@ impl S2s {
     }
 
     fn machine_config(&self, stream_id: String, secure: bool) -> machine::S2sConfig {
+        self.machine_config_for(&self.domain, stream_id, secure)
+    }
+
+    fn machine_config_for(
+        &self,
+        local: &str,
+        stream_id: String,
+        secure: bool,
+    ) -> machine::S2sConfig {
         machine::S2sConfig {
-            local_domain: self.domain.clone(),
+            local_domain: local.to_string(),
             local_services: self.services.clone(),
             stream_id,
             limits: self.limits,
@@ -209,9 +227,15 @@ impl S2s {
             .attr("to")
             .map(|to| machine::jid_domain(to).to_ascii_lowercase())
             .unwrap_or_default();
+        let local = stanza
+            .attr("from")
+            .map(|f| machine::jid_domain(f).to_ascii_lowercase())
+            .filter(|d| self.services.iter().any(|s| s.eq_ignore_ascii_case(d)))
+            .unwrap_or_else(|| self.domain.clone());
+        let key = (local, domain);
         let mut stanza = stanza;
         let mut routes = self.routes.lock();
-        if let Some(tx) = routes.get(&domain) {
+        if let Some(tx) = routes.get(&key) {
             match tx.try_send(stanza) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(s)) => {
@@ -224,10 +248,10 @@ impl S2s {
         }
         let (tx, rx) = mpsc::channel(self.config.queue_limit.max(1));
         let _ = tx.try_send(stanza);
-        routes.insert(domain.clone(), tx.clone());
+        routes.insert(key.clone(), tx.clone());
         drop(routes);
         let this = self.clone();
-        tokio::spawn(async move { this.run_route(domain, tx, rx).await });
+        tokio::spawn(async move { this.run_route(key, tx, rx).await });
     }
 
     /// Gives stanzas back to the hub to bounce, from a task of its own
@@ -245,17 +269,18 @@ impl S2s {
 
     async fn run_route(
         self: Arc<Self>,
-        domain: String,
+        key: (String, String),
         tx: mpsc::Sender<Element>,
         mut rx: mpsc::Receiver<Element>,
     ) {
+        let (local, domain) = (&key.0, &key.1);
         let end = self
-            .connect_and_run(&domain, Purpose::Stanzas, Some(&mut rx))
+            .connect_and_run(local, domain, Purpose::Stanzas, Some(&mut rx))
             .await;
         {
             let mut routes = self.routes.lock();
-            if routes.get(&domain).is_some_and(|t| t.same_channel(&tx)) {
-                routes.remove(&domain);
+            if routes.get(&key).is_some_and(|t| t.same_channel(&tx)) {
+                routes.remove(&key);
             }
         }
         drop(tx);
@@ -289,62 +314,72 @@ impl S2s {
         }
     }
 
-    /// The peer's address: the static map, the peers file, else DNS A/AAAA
-    /// on 5269 (SRV lookups are not implemented yet).
-    async fn resolve(&self, domain: &str) -> Vec<SocketAddr> {
-        let mut target = self.config.peers.get(domain).cloned();
-        if target.is_none()
-            && !self.config.peers_file.is_empty()
-            && let Ok(text) = std::fs::read_to_string(&self.config.peers_file)
-        {
-            target = text.lines().find_map(|line| {
-                let mut parts = line.split_whitespace();
-                match (parts.next(), parts.next()) {
-                    (Some(d), Some(addr)) if d.eq_ignore_ascii_case(domain) => {
-                        Some(addr.to_string())
-                    }
-                    _ => None,
-                }
-            });
-        }
-        let target = target.unwrap_or_else(|| format!("{domain}:5269"));
-        match tokio::net::lookup_host(target).await {
-            Ok(addrs) => addrs.collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
+    /// Connects to `domain` for `local` (our domain or one of our
+    /// services), trying each place DNS gives in order, and runs the stream.
     async fn connect_and_run(
         &self,
+        local: &str,
         domain: &str,
         purpose: Purpose,
         rx: Option<&mut mpsc::Receiver<Element>>,
     ) -> OutEnd {
         let limit = Duration::from_secs(self.config.connect_timeout.max(1));
         let started = Instant::now();
-        let mut tcp = None;
-        for addr in self.resolve(domain).await {
+        let mut connected = None;
+        let targets = match tokio::time::timeout(
+            limit,
+            dns::resolve(&self.config, self.resolver.as_ref(), domain),
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(_) => return OutEnd::Failed(Some("connection-timeout".into())),
+        };
+        for target in targets {
             let left = limit.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, TcpStream::connect(addr)).await {
+            let addr = target.addr;
+            match tokio::time::timeout(left, self.open(domain, &target)).await {
                 Ok(Ok(s)) => {
-                    tcp = Some(s);
+                    connected = Some((s, target.direct_tls));
                     break;
                 }
                 Ok(Err(e)) => tracing::debug!(domain, %addr, error = %e, "XMPP peer refused"),
                 Err(_) => return OutEnd::Failed(Some("connection-timeout".into())),
             }
         }
-        let Some(tcp) = tcp else {
+        let Some((stream, direct_tls)) = connected else {
             return OutEnd::Failed(None);
         };
-        let _ = tcp.set_nodelay(true);
+        tracing::debug!(local, domain, direct_tls, "XMPP outbound stream connected");
         let m = Outbound::new(
-            self.machine_config(String::new(), false),
+            self.machine_config_for(local, String::new(), direct_tls),
             domain,
             purpose,
             self.now(),
         );
-        self.run_outbound(Stream::Plain(tcp), m, rx).await
+        self.run_outbound(stream, m, rx).await
+    }
+
+    /// A TCP connection to `target`, with TLS from the first byte for an
+    /// `_xmpps-server` target (XEP-0368: SNI and certificate name are the
+    /// peer's XMPP domain, ALPN `xmpp-server`).
+    async fn open(&self, domain: &str, target: &dns::Target) -> io::Result<Stream> {
+        let tcp = TcpStream::connect(target.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        if !target.direct_tls {
+            return Ok(Stream::Plain(tcp));
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no certificate for direct TLS"))?;
+        let name = rustls::pki_types::ServerName::try_from(domain.to_string())
+            .map_err(|_| io::Error::other("domain is not a TLS server name"))?;
+        let connector = tokio_rustls::TlsConnector::from(tls.client_direct.clone());
+        let s = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        Ok(Stream::Client(Box::new(s)))
     }
 
     async fn run_outbound(
@@ -355,6 +390,7 @@ impl S2s {
     ) -> OutEnd {
         let mut buf = vec![0u8; 16 * 1024];
         let mut authenticated = false;
+        let mut starttls_done = false;
         loop {
             if flush(&mut stream, &mut m).await.is_err() {
                 m.gone();
@@ -380,7 +416,10 @@ impl S2s {
                         )
                         .await
                         {
-                            Ok(Ok(s)) => stream = Stream::Client(Box::new(s)),
+                            Ok(Ok(s)) => {
+                                stream = Stream::Client(Box::new(s));
+                                starttls_done = true;
+                            }
                             Ok(Err(e)) => {
                                 tracing::info!(domain = m.remote(), error = %e, "XMPP peer TLS failed");
                                 return OutEnd::Failed(None);
@@ -393,7 +432,14 @@ impl S2s {
                         }
                     }
                     Event::Authenticated { domain, method } => {
-                        tracing::info!(domain, method, "XMPP outbound stream authenticated");
+                        let direct_tls = matches!(stream, Stream::Client(_)) && !starttls_done;
+                        tracing::info!(
+                            domain,
+                            local = m.local(),
+                            method,
+                            direct_tls,
+                            "XMPP outbound stream authenticated"
+                        );
                         authenticated = true;
                     }
                     Event::VerifyResult { valid, .. } => {
@@ -459,10 +505,16 @@ impl S2s {
 
     /// Asks `from` (the authoritative server) whether `key` is valid for
     /// its stream `stream_id` to our domain `to` (XEP-0220 §2.2).
-    async fn verify(self: Arc<Self>, from: String, key: String, stream_id: String) -> bool {
+    async fn verify(
+        self: Arc<Self>,
+        from: String,
+        to: String,
+        key: String,
+        stream_id: String,
+    ) -> bool {
         let purpose = Purpose::Verify { stream_id, key };
         matches!(
-            self.connect_and_run(&from, purpose, None).await,
+            self.connect_and_run(&to, &from, purpose, None).await,
             OutEnd::Verified(true)
         )
     }
@@ -530,7 +582,13 @@ impl S2s {
                         m.tls_established(names);
                     }
                     Event::Authenticated { domain, method } => {
-                        tracing::info!(%peer, domain, method, "XMPP inbound stream authenticated");
+                        tracing::info!(
+                            %peer,
+                            domain,
+                            method,
+                            direct_tls,
+                            "XMPP inbound stream authenticated"
+                        );
                     }
                     Event::VerifyDialback {
                         from,
@@ -541,7 +599,9 @@ impl S2s {
                         let this = self.clone();
                         let vtx = vtx.clone();
                         tokio::spawn(async move {
-                            let valid = this.verify(from.clone(), key, stream_id).await;
+                            let valid = this
+                                .verify(from.clone(), to.clone(), key, stream_id)
+                                .await;
                             let _ = vtx.send((from, to, valid)).await;
                         });
                     }

@@ -21,6 +21,8 @@ pub struct S2sTls {
     pub server: Arc<rustls::ServerConfig>,
     /// Outbound: presents our certificate.
     pub client: Arc<rustls::ClientConfig>,
+    /// Outbound direct TLS (XEP-0368): the same, with ALPN `xmpp-server`.
+    pub client_direct: Arc<rustls::ClientConfig>,
     policy: Arc<Policy>,
 }
 
@@ -88,9 +90,12 @@ impl S2sTls {
             .with_custom_certificate_verifier(Arc::new(PeerServerCert(policy.clone())))
             .with_client_auth_cert(certs, key_der)
             .context("the XMPP certificate and key do not match")?;
+        let mut direct = client.clone();
+        direct.alpn_protocols = vec![b"xmpp-server".to_vec()];
         Ok(S2sTls {
             server: Arc::new(server),
             client: Arc::new(client),
+            client_direct: Arc::new(direct),
             policy,
         })
     }

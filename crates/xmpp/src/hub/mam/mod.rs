@@ -238,6 +238,45 @@ impl Hub {
         stanza
     }
 
+    /// Archives a one-to-one message across servers in the archive of its
+    /// local party only: the sender's when `local_is_sender`, else the
+    /// recipient's (which gets its `<stanza-id/>`, as in
+    /// [`Hub::archive_chat`]).
+    pub(super) fn archive_remote_chat(
+        &mut self,
+        sender: &BareJid,
+        recipient: &BareJid,
+        mut stanza: Element,
+        now: u64,
+        local_is_sender: bool,
+        out: &mut Vec<Output>,
+    ) -> Element {
+        if !self.archiving() {
+            return stanza;
+        }
+        if !local_is_sender {
+            strip_ids(&mut stanza, recipient.as_str());
+        }
+        if !archivable(&stanza) {
+            return stanza;
+        }
+        if local_is_sender {
+            if self.wants(sender, recipient) {
+                let with = Jid::from(recipient.clone());
+                self.append(sender, with, stanza.clone(), now, out);
+            }
+        } else if self.wants(recipient, sender) {
+            let with = Jid::from(sender.clone());
+            let id = self.append(recipient, with, stanza.clone(), now, out);
+            stanza.push_child(
+                Element::new("stanza-id", ns::SID)
+                    .with_attr("by", recipient.to_string())
+                    .with_attr("id", id.to_string()),
+            );
+        }
+        stanza
+    }
+
     /// Archives a groupchat message (`from` the occupant JID) in the room's
     /// archive; returns its id.
     pub(super) fn archive_room_message(

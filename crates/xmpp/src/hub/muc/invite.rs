@@ -199,8 +199,9 @@ impl Hub {
 
     /// Whether the room may send a message to `to`: an existing local
     /// account that does not block the room (`item-not-found` otherwise, as
-    /// §7.8.2 asks for a JID that does not exist). There is no federation
-    /// yet: other domains are `remote-server-not-found`.
+    /// §7.8.2 asks for a JID that does not exist). JIDs of other domains
+    /// are their servers' to check (`remote-server-not-found` without
+    /// federation).
     fn check_recipient(&self, cx: &MucCx<'_>, room: &BareJid, to: &Jid) -> Result<(), StanzaError> {
         match self.classify(to) {
             Dest::Local { bare, .. } => {
@@ -212,20 +213,26 @@ impl Hub {
                 Ok(())
             }
             Dest::Server { .. } => Err(StanzaError::bad_request().with_text("not a user")),
+            Dest::Remote if self.config.federation => Ok(()),
             Dest::Remote => Err(StanzaError::remote_server_not_found()),
         }
     }
 
     /// Sends a message from the room to a user's real JID, routed as any
-    /// message to a local account (available resources, else offline).
+    /// message to a local account (available resources, else offline), or
+    /// to the user's server.
     fn room_to_user(&mut self, cx: &MucCx<'_>, to: &Jid, m: Element, out: &mut Vec<Output>) {
-        if let Dest::Local { bare, full } = self.classify(to) {
-            let routing = Routing {
-                sender_session: Some(cx.session),
-                now: cx.now,
-                carbons: false,
-            };
-            self.route_message(&routing, &bare, full.as_ref(), m, out);
+        match self.classify(to) {
+            Dest::Local { bare, full } => {
+                let routing = Routing {
+                    sender_session: Some(cx.session),
+                    now: cx.now,
+                    carbons: false,
+                };
+                self.route_message(&routing, &bare, full.as_ref(), m, out);
+            }
+            Dest::Remote => self.send_remote(Some(cx.session), m, out),
+            Dest::Server { .. } => {}
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Event notifications (XEP-0060 §7.1.2, XEP-0163 §4.3): who gets them,
 //! and the last published item on subscription and on presence.
 
-use jid::{BareJid, FullJid, Jid};
+use jid::{BareJid, Jid};
 use tributary_xmpp_xml::Element;
 
 use super::super::sessions::deliver;
@@ -86,11 +86,44 @@ impl Hub {
         to
     }
 
+    /// The JIDs of other servers that get a notification from node `name`:
+    /// remote subscribers, and for PEP the owner's remote contacts allowed
+    /// by the access model (their bare JIDs: their server fans out).
+    fn ps_remote_recipients(&self, svc: &Service, name: &str) -> Vec<Jid> {
+        let Some(node) = self.pubsub.node(svc, name) else {
+            return Vec::new();
+        };
+        if !self.config.federation {
+            return Vec::new();
+        }
+        let mut to: Vec<Jid> = Vec::new();
+        for s in &node.subscriptions {
+            if let Ok(jid) = Jid::new(&s.jid)
+                && self.is_foreign_domain(jid.domain().as_str())
+                && !to.contains(&jid)
+            {
+                to.push(jid);
+            }
+        }
+        if let Service::Pep(owner) = svc {
+            for contact in self.subscribers(owner) {
+                let jid = Jid::from(contact.clone());
+                if self.is_foreign_domain(contact.domain().as_str())
+                    && self.pep_audience(owner, node, &contact)
+                    && !to.contains(&jid)
+                {
+                    to.push(jid);
+                }
+            }
+        }
+        to
+    }
+
     /// `<message from=service to=… type=headline><event>{child}</event></message>`.
-    fn event_message(&mut self, svc: &Service, to: &FullJid, child: Element) -> Element {
+    fn event_message(&mut self, svc: &Service, to: &str, child: Element) -> Element {
         Element::new("message", ns::CLIENT)
             .with_attr("from", svc.jid())
-            .with_attr("to", to.to_string())
+            .with_attr("to", to)
             .with_attr("type", "headline")
             .with_attr("id", self.pubsub.fresh_id())
             .with_child(Element::new("event", ns::PUBSUB_EVENT).with_child(child))
@@ -106,9 +139,13 @@ impl Hub {
     ) {
         for session in self.ps_recipients(svc, name) {
             if let Some(to) = self.session_jid(session) {
-                let msg = self.event_message(svc, &to, child.clone());
+                let msg = self.event_message(svc, to.as_str(), child.clone());
                 deliver(notes, session, msg);
             }
+        }
+        for jid in self.ps_remote_recipients(svc, name) {
+            let stanza = self.event_message(svc, jid.as_str(), child.clone());
+            notes.push(Output::Remote { stanza });
         }
     }
 
@@ -147,9 +184,16 @@ impl Hub {
             .with_child(event_item(node, item));
         for session in self.sessions_of_subscriber(jid) {
             if let Some(to) = self.session_jid(session) {
-                let msg = self.event_message(svc, &to, el.clone());
+                let msg = self.event_message(svc, to.as_str(), el.clone());
                 deliver(notes, session, msg);
             }
+        }
+        if self.config.federation
+            && let Ok(remote) = Jid::new(jid)
+            && self.is_foreign_domain(remote.domain().as_str())
+        {
+            let stanza = self.event_message(svc, jid, el);
+            notes.push(Output::Remote { stanza });
         }
     }
 
@@ -189,7 +233,7 @@ impl Hub {
             }
         }
         for (svc, el) in sends {
-            let msg = self.event_message(&svc, &full, el);
+            let msg = self.event_message(&svc, full.as_str(), el);
             deliver(out, session, msg);
         }
     }
