@@ -186,9 +186,8 @@ impl Definitions {
             }
             Command::DeleteQueue { vhost, name } => {
                 self.queues.remove(&(vhost.clone(), name.clone()));
-                self.bindings.retain(|b| {
-                    !(b.vhost == *vhost && !b.to_exchange && b.destination == *name)
-                });
+                self.bindings
+                    .retain(|b| !(b.vhost == *vhost && !b.to_exchange && b.destination == *name));
             }
             Command::Bind(b) => {
                 self.bindings.insert(b.clone());
@@ -360,7 +359,10 @@ mod tests {
         };
         assert_eq!(restored.apply(&next), d.apply(&next));
         assert_eq!(restored, d);
-        assert_eq!(Definitions::from_snapshot(&[]).unwrap(), Definitions::default());
+        assert_eq!(
+            Definitions::from_snapshot(&[]).unwrap(),
+            Definitions::default()
+        );
         assert!(matches!(
             Definitions::from_snapshot(&[9, 0]),
             Err(SnapshotError::Version(9))

@@ -152,7 +152,9 @@ impl Peer {
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    fn unexpected<E: std::error::Error>(
+        &self,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         RPCError::Network(NetworkError::new(&AnyError::error(
             "unexpected response on the cluster link",
         )))
@@ -165,7 +167,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(Request::AppendEntries(rpc), option.hard_ttl()).await {
+        match self
+            .call(Request::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
             Ok(Response::AppendEntries(r)) => self.remote(r),
             Ok(_) => Err(self.unexpected()),
             Err(e) => Err(self.unreachable(&e)),

@@ -125,8 +125,8 @@ impl Cluster {
         let initialised = log
             .is_initialised()
             .map_err(|e| ClusterError::Storage(e.to_string()))?;
-        let sm = StateMachine::open(store, applier)
-            .map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let sm =
+            StateMachine::open(store, applier).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let state = sm.shared();
         let raft = Raft::new(
             config.node_id,
@@ -262,7 +262,12 @@ impl Cluster {
             let Some(leader) = m.current_leader else {
                 return Err("no leader yet".into());
             };
-            if !m.membership_config.membership().voter_ids().any(|v| v == self.id) {
+            if !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.id)
+            {
                 return Err("not a member".into());
             }
             let Some(addr_of_leader) = m

@@ -97,7 +97,9 @@ fn snappy(data: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
         // version (4) and compatible version (4), then [int32 length][raw block]*.
         let mut rest = rest.get(8..).ok_or(DecodeError::Decompress("snappy"))?;
         while !rest.is_empty() {
-            let (len, tail) = rest.split_at_checked(4).ok_or(DecodeError::Decompress("snappy"))?;
+            let (len, tail) = rest
+                .split_at_checked(4)
+                .ok_or(DecodeError::Decompress("snappy"))?;
             let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
             let (block, tail) = tail
                 .split_at_checked(len)
@@ -185,7 +187,10 @@ mod tests {
         framed.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
         framed.extend_from_slice(&(block.len() as u32).to_be_bytes());
         framed.extend_from_slice(&block);
-        assert_eq!(decompress(Compression::Snappy, &framed, 10).unwrap(), &b"hello"[..]);
+        assert_eq!(
+            decompress(Compression::Snappy, &framed, 10).unwrap(),
+            &b"hello"[..]
+        );
         framed.truncate(framed.len() - 1);
         assert!(decompress(Compression::Snappy, &framed, 10).is_err());
     }

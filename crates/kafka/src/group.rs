@@ -113,7 +113,13 @@ impl Coordinator {
     }
 
     /// Handles a JoinGroup; the completions may include `waiter`'s own answer.
-    pub fn join(&mut self, now: u64, group_id: &str, join: Join<'_>, waiter: Waiter) -> Vec<Completion> {
+    pub fn join(
+        &mut self,
+        now: u64,
+        group_id: &str,
+        join: Join<'_>,
+        waiter: Waiter,
+    ) -> Vec<Completion> {
         let fail = |error: i16, member: &str| {
             vec![Completion::Join(
                 waiter,
@@ -134,7 +140,10 @@ impl Coordinator {
         if join.protocol_type.is_empty() || join.protocols.is_empty() {
             return fail(code::INCONSISTENT_GROUP_PROTOCOL, join.member_id);
         }
-        let g = self.groups.entry(group_id.to_owned()).or_insert_with(Group::new);
+        let g = self
+            .groups
+            .entry(group_id.to_owned())
+            .or_insert_with(Group::new);
         if !g.members.is_empty()
             && (g.protocol_type != join.protocol_type
                 || !g.members.values().all(|m| {
@@ -213,7 +222,11 @@ impl Coordinator {
             GroupState::CompletingRebalance => {
                 let mut out = Vec::new();
                 if let Some(old) = m.sync.replace(waiter) {
-                    out.push(Completion::Sync(old, code::REBALANCE_IN_PROGRESS, Bytes::new()));
+                    out.push(Completion::Sync(
+                        old,
+                        code::REBALANCE_IN_PROGRESS,
+                        Bytes::new(),
+                    ));
                 }
                 if member_id == g.leader {
                     for (id, member) in g.members.iter_mut() {
@@ -421,7 +434,11 @@ fn maybe_complete_join(g: &mut Group, now: u64, deadline: bool) -> Vec<Completio
         .unwrap_or_default();
     g.protocol = candidates
         .into_iter()
-        .find(|p| g.members.values().all(|m| m.protocols.iter().any(|(q, _)| q == p)))
+        .find(|p| {
+            g.members
+                .values()
+                .all(|m| m.protocols.iter().any(|(q, _)| q == p))
+        })
         .unwrap_or_default();
     if !g.members.contains_key(&g.leader) {
         g.leader = g.members.keys().next().cloned().unwrap_or_default();
@@ -451,7 +468,11 @@ fn maybe_complete_join(g: &mut Group, now: u64, deadline: bool) -> Vec<Completio
                     protocol_name: g.protocol.clone(),
                     leader: g.leader.clone(),
                     member_id: id.clone(),
-                    members: if *id == g.leader { everyone.clone() } else { Vec::new() },
+                    members: if *id == g.leader {
+                        everyone.clone()
+                    } else {
+                        Vec::new()
+                    },
                 },
             ));
         }
@@ -497,27 +518,56 @@ mod tests {
     fn two_members_rebalance_and_a_leave_triggers_another() {
         let mut c = Coordinator::new();
         let a = joined(&join(&mut c, 0, "", 1), 1);
-        assert_eq!((a.error, a.generation_id, a.leader == a.member_id), (0, 1, true));
-        let out = c.sync(0, "g", 1, &a.member_id, &[(a.member_id.clone(), Bytes::from_static(b"all"))], 2);
-        assert_eq!(out, vec![Completion::Sync(2, 0, Bytes::from_static(b"all"))]);
+        assert_eq!(
+            (a.error, a.generation_id, a.leader == a.member_id),
+            (0, 1, true)
+        );
+        let out = c.sync(
+            0,
+            "g",
+            1,
+            &a.member_id,
+            &[(a.member_id.clone(), Bytes::from_static(b"all"))],
+            2,
+        );
+        assert_eq!(
+            out,
+            vec![Completion::Sync(2, 0, Bytes::from_static(b"all"))]
+        );
         // B joins: A must rejoin; its heartbeat says so.
         assert!(join(&mut c, 1, "", 3).is_empty());
-        assert_eq!(c.heartbeat(2, "g", 1, &a.member_id), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            c.heartbeat(2, "g", 1, &a.member_id),
+            code::REBALANCE_IN_PROGRESS
+        );
         let out = join(&mut c, 3, &a.member_id, 4);
         let (ra, rb) = (joined(&out, 4), joined(&out, 3));
         assert_eq!((ra.generation_id, rb.generation_id), (2, 2));
         assert_eq!(ra.members.len(), 2);
         assert!(rb.members.is_empty());
         // Old generation refused.
-        assert_eq!(c.heartbeat(4, "g", 1, &a.member_id), code::ILLEGAL_GENERATION);
+        assert_eq!(
+            c.heartbeat(4, "g", 1, &a.member_id),
+            code::ILLEGAL_GENERATION
+        );
         assert!(c.sync(4, "g", 2, &rb.member_id, &[], 5).is_empty());
-        let out = c.sync(4, "g", 2, &ra.member_id, &[(rb.member_id.clone(), Bytes::from_static(b"b"))], 6);
+        let out = c.sync(
+            4,
+            "g",
+            2,
+            &ra.member_id,
+            &[(rb.member_id.clone(), Bytes::from_static(b"b"))],
+            6,
+        );
         assert!(out.contains(&Completion::Sync(5, 0, Bytes::from_static(b"b"))));
         assert!(out.contains(&Completion::Sync(6, 0, Bytes::new())));
         // B leaves: A is told to rejoin and gets generation 3 alone.
         let (e, out) = c.leave(5, "g", &rb.member_id);
         assert_eq!((e, out.len()), (0, 0));
-        assert_eq!(c.heartbeat(6, "g", 2, &ra.member_id), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            c.heartbeat(6, "g", 2, &ra.member_id),
+            code::REBALANCE_IN_PROGRESS
+        );
         let r = joined(&join(&mut c, 7, &ra.member_id, 7), 7);
         assert_eq!((r.generation_id, r.members.len()), (3, 1));
         assert_eq!(c.heartbeat(8, "g", 3, "nobody"), code::UNKNOWN_MEMBER_ID);

@@ -77,7 +77,10 @@ mod tests {
         let mut b = BytesMut::from(&[0, 0, 0, 2, 1][..]);
         assert_eq!(decode_frame(&mut b, 10), Ok(None));
         b.put_u8(2);
-        assert_eq!(decode_frame(&mut b, 10), Ok(Some(Bytes::from_static(&[1, 2]))));
+        assert_eq!(
+            decode_frame(&mut b, 10),
+            Ok(Some(Bytes::from_static(&[1, 2])))
+        );
     }
 
     #[test]
@@ -115,6 +118,9 @@ mod tests {
         response::api_versions(3, code::NONE, &mut out);
         let mut rd = wire::Reader::new(out.freeze());
         assert_eq!(rd.i16().unwrap(), 0);
-        assert_eq!(rd.uvarint().unwrap() as usize, protocol::SUPPORTED.len() + 1);
+        assert_eq!(
+            rd.uvarint().unwrap() as usize,
+            protocol::SUPPORTED.len() + 1
+        );
     }
 }

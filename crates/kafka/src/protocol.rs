@@ -179,8 +179,7 @@ impl RequestHeader {
 
     /// Whether we serve this API at this version.
     pub fn is_supported(&self) -> bool {
-        supported(self.api_key)
-            .is_some_and(|(min, max)| (min..=max).contains(&self.api_version))
+        supported(self.api_key).is_some_and(|(min, max)| (min..=max).contains(&self.api_version))
     }
 
     /// Appends the header to `out` (for clients and tests).

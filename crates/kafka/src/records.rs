@@ -54,7 +54,10 @@ impl RecordBatch {
 
 /// Decodes every batch of a produce request's `records` field. `max_decompressed` bounds
 /// each compressed batch's expansion.
-pub fn decode_batches(data: Bytes, max_decompressed: usize) -> Result<Vec<RecordBatch>, DecodeError> {
+pub fn decode_batches(
+    data: Bytes,
+    max_decompressed: usize,
+) -> Result<Vec<RecordBatch>, DecodeError> {
     let mut r = Reader::new(data);
     let mut out = Vec::new();
     while r.remaining() > 0 {
@@ -150,8 +153,8 @@ fn decode_record(r: &mut Reader, base_offset: i64, base_ts: i64) -> Result<Recor
     }
     let mut headers = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let key = varbytes(&mut r, "header key")?
-            .ok_or(DecodeError::InvalidLength(-1, "header key"))?;
+        let key =
+            varbytes(&mut r, "header key")?.ok_or(DecodeError::InvalidLength(-1, "header key"))?;
         let key = String::from_utf8(key.to_vec()).map_err(|_| DecodeError::InvalidString)?;
         headers.push((key, varbytes(&mut r, "header value")?));
     }
@@ -268,7 +271,10 @@ mod tests {
                 timestamp: 1_700_000_000_000 + i,
                 key: (i != 1).then(|| Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(vec![i as u8; 100])),
-                headers: vec![("h".into(), Some(Bytes::from_static(b"v"))), ("n".into(), None)],
+                headers: vec![
+                    ("h".into(), Some(Bytes::from_static(b"v"))),
+                    ("n".into(), None),
+                ],
             })
             .collect()
     }

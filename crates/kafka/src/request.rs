@@ -410,7 +410,11 @@ pub fn decode_request(frame: Bytes) -> R<(RequestHeader, Request)> {
             let session_timeout_ms = r.i32()?;
             let rebalance_timeout_ms = if v >= 1 { r.i32()? } else { session_timeout_ms };
             let member_id = string(&mut r)?;
-            let group_instance_id = if v >= 5 { r.nullable_string(false)? } else { None };
+            let group_instance_id = if v >= 5 {
+                r.nullable_string(false)?
+            } else {
+                None
+            };
             let protocol_type = string(&mut r)?;
             let protocols = list(&mut r, 6, |r| Ok((string(r)?, r.bytes(false)?)))?;
             Request::JoinGroup(JoinGroupRequest {

@@ -6,8 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::{SUPPORTED, code};
 use crate::wire::{
-    put_array_len, put_bytes, put_empty_tags, put_nullable_bytes, put_nullable_string,
-    put_string,
+    put_array_len, put_bytes, put_empty_tags, put_nullable_bytes, put_nullable_string, put_string,
 };
 
 /// Wraps an encoded body: size, correlation id, body.
@@ -198,11 +197,7 @@ pub struct FetchPartitionResponse {
 }
 
 /// Fetch.
-pub fn fetch(
-    version: i16,
-    topics: &[(String, Vec<FetchPartitionResponse>)],
-    out: &mut BytesMut,
-) {
+pub fn fetch(version: i16, topics: &[(String, Vec<FetchPartitionResponse>)], out: &mut BytesMut) {
     out.put_i32(0);
     if version >= 7 {
         out.put_i16(code::NONE);
@@ -229,8 +224,11 @@ pub fn fetch(
     }
 }
 
-/// ListOffsets: topics and `(partition, error, timestamp, offset)`.
-pub fn list_offsets(version: i16, topics: &[(String, Vec<(i32, i16, i64, i64)>)], out: &mut BytesMut) {
+/// One partition's ListOffsets answer: `(partition, error, timestamp, offset)`.
+pub type ListedOffset = (i32, i16, i64, i64);
+
+/// ListOffsets.
+pub fn list_offsets(version: i16, topics: &[(String, Vec<ListedOffset>)], out: &mut BytesMut) {
     if version >= 2 {
         out.put_i32(0);
     }
@@ -459,7 +457,11 @@ pub fn describe_configs(version: i16, resources: &[DescribedResource], out: &mut
                 arr(out, 0);
             }
             if version >= 3 {
-                out.put_i8(if name.ends_with(".ms") || name.ends_with(".bytes") { 5 } else { 2 });
+                out.put_i8(if name.ends_with(".ms") || name.ends_with(".bytes") {
+                    5
+                } else {
+                    2
+                });
                 ns(out, None);
             }
         }

@@ -331,7 +331,10 @@ mod tests {
         assert_eq!(r.uvarlong(), Err(DecodeError::Varint));
         // 1,000,000 int32 elements announced, four bytes follow.
         let mut r = Reader::new(Bytes::from_static(&[0, 0x0f, 0x42, 0x40, 0, 0, 0, 1]));
-        assert!(matches!(r.array(false, 4), Err(DecodeError::InvalidLength(..))));
+        assert!(matches!(
+            r.array(false, 4),
+            Err(DecodeError::InvalidLength(..))
+        ));
         let mut r = Reader::new(Bytes::from_static(&[0xff, 0xff]));
         assert_eq!(r.nullable_string(false), Ok(None));
     }

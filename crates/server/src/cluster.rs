@@ -279,7 +279,10 @@ impl BrokerApplier {
     fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         let v = self.broker.vhost(name);
         if v.is_none() {
-            tracing::debug!(vhost = name, "cluster: definition for a vhost this node lacks");
+            tracing::debug!(
+                vhost = name,
+                "cluster: definition for a vhost this node lacks"
+            );
         }
         v
     }
@@ -379,7 +382,11 @@ impl Applier for BrokerApplier {
         for b in before.bindings.difference(&after.bindings) {
             self.bind(b, false);
         }
-        for (vhost, name) in before.queues.keys().filter(|k| !after.queues.contains_key(*k)) {
+        for (vhost, name) in before
+            .queues
+            .keys()
+            .filter(|k| !after.queues.contains_key(*k))
+        {
             if let Some(v) = self.vhost(vhost) {
                 let _ = v.delete_queue(name, false, false, APPLIER_CONNECTION);
             }
@@ -440,7 +447,9 @@ pub async fn start(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen for the cluster on {listen} (listeners.cluster)"))?;
+        .with_context(|| {
+            format!("cannot listen for the cluster on {listen} (listeners.cluster)")
+        })?;
     let local = listener.local_addr()?;
     tracing::info!("listening protocol=cluster addr={local}");
     let advertise = if config.advertise.is_empty() {

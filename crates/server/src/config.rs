@@ -99,8 +99,7 @@ pub struct CoapConfig {
     pub peer_idle_timeout: u64,
     /// DTLS pre-shared keys: a file of `identity:key` lines (key in hex with
     /// a `0x` prefix, else the text itself). An identity logs in as the broker
-    /// user of that name. Empty: the key of identity `u` is user `u`'s
-    /// `psk` entry in this file only, so PSK is off without it.
+    /// user of that name. Empty: no PSK, CoAPS with the `[tls]` certificate only.
     pub psk_file: String,
 }
 
@@ -1027,12 +1026,6 @@ impl Config {
                 "must be between 1 and 86400 seconds",
             ));
         }
-        if !self.listeners.coaps.is_empty() && c.psk_file.is_empty() {
-            return Err(bad(
-                "coap.psk_file",
-                "listeners.coaps needs the pre-shared keys of its clients",
-            ));
-        }
         Ok(())
     }
 
@@ -1257,7 +1250,6 @@ mod tests {
             ("[coap]\nmax_message_size = 10\n", "coap.max_message_size"),
             ("[coap]\nmax_peers = 0\n", "coap.max_peers"),
             ("[coap]\nburst = 0\n", "coap.burst"),
-            ("[listeners]\ncoaps = \"127.0.0.1:0\"\n", "coap.psk_file"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");

@@ -132,7 +132,6 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     }
 
     tracker.spawn(crate::mqtt::sys::run(mqtt.clone()));
-    start_coap(&config, &mqtt, &limits, &shutdown, &tracker).await?;
     // One certificate for the TLS listeners: [tls], or one generated for the XMPP domain.
     let tls = crate::tls::TlsSetup::load_or_generate(
         &config.tls,
@@ -141,6 +140,9 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         &config.xmpp.domain,
         &data_dir,
     )?;
+    let coap_observations = crate::coap::Observations::default();
+    let coap = (&mqtt, &tls, &coap_observations);
+    start_coap(&config, coap, &limits, &shutdown, &tracker).await?;
     if let Some(addr) = config.mqtts_addr() {
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen for MQTT over TLS on {addr} (listeners.mqtts)")
@@ -212,6 +214,7 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
             store: store.clone(),
             config: config.clone(),
             xmpp: xmpp.clone(),
+            coap: coap_observations.clone(),
         });
         let state = crate::http::HttpState {
             mqtt: mqtt.clone(),
@@ -409,7 +412,12 @@ fn kafka_advertised(config: &Config, local: std::net::SocketAddr) -> Arc<(String
         .kafka
         .advertised_listener
         .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse::<i32>().ok()?)));
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(['[', ']']).to_owned(),
+                p.parse::<i32>().ok()?,
+            ))
+        });
     Arc::new(configured.unwrap_or_else(|| (local.ip().to_string(), i32::from(local.port()))))
 }
 
@@ -452,7 +460,11 @@ async fn start_kafka(
         })?;
         let local = listener.local_addr()?;
         tracing::info!("listening protocol=kafkas addr={local}");
-        let (ctx, advertised, tls) = (ctx.clone(), kafka_advertised(config, local), services.tls.clone());
+        let (ctx, advertised, tls) = (
+            ctx.clone(),
+            kafka_advertised(config, local),
+            services.tls.clone(),
+        );
         spawn_accept(listener, tracker, shutdown, move |stream, peer| {
             crate::kafka::run_tls(stream, peer, ctx.clone(), advertised.clone(), tls.clone())
         });
@@ -460,11 +472,16 @@ async fn start_kafka(
     Ok(())
 }
 
-/// Starts the CoAP listeners (`[listeners] coap`, UDP; `coaps`, DTLS),
-/// which share MQTT's retained messages.
+/// Starts the CoAP listeners (`[listeners] coap`, UDP; `coaps`, DTLS with
+/// the `[tls]` certificate and `[coap] psk_file`), which share MQTT's
+/// retained messages.
 async fn start_coap(
     config: &Config,
-    mqtt: &Arc<crate::mqtt::driver::MqttContext>,
+    (mqtt, tls, observations): (
+        &Arc<crate::mqtt::driver::MqttContext>,
+        &crate::tls::TlsSetup,
+        &crate::coap::Observations,
+    ),
     limits: &Arc<Limits>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
@@ -479,6 +496,7 @@ async fn start_coap(
         config: config.coap.clone(),
         limits: limits.clone(),
         shutdown: shutdown.clone(),
+        observations: observations.clone(),
     });
     if let Some(addr) = config.coap_addr() {
         let socket = tokio::net::UdpSocket::bind(addr)
@@ -488,14 +506,29 @@ async fn start_coap(
         tracker.spawn(crate::coap::run_udp(socket, ctx.clone()));
     }
     if let Some(addr) = config.coaps_addr() {
-        let keys = crate::coap::dtls::load_psk_file(std::path::Path::new(&config.coap.psk_file))?;
-        let tls = crate::coap::dtls::context(Arc::new(keys))
-            .context("cannot set up DTLS for listeners.coaps")?;
+        let psk = (!config.coap.psk_file.is_empty())
+            .then(|| crate::coap::dtls::load_psk_file(std::path::Path::new(&config.coap.psk_file)))
+            .transpose()?;
+        let verify = config.tls.verify == crate::config::TlsVerify::VerifyPeer;
+        let setup = crate::coap::dtls::DtlsSetup {
+            psk: psk.map(Arc::new),
+            certificate: tls.certificate_path().to_owned(),
+            key: tls.key_path().to_owned(),
+            ca_certificate: verify.then(|| config.tls.ca_certificate.clone().into()),
+            fail_if_no_peer_cert: config.tls.fail_if_no_peer_cert,
+        };
+        let peer_addr = openssl::ssl::Ssl::new_ex_index()?;
+        let dtls = crate::coap::coaps::Dtls {
+            context: crate::coap::dtls::context(&setup, peer_addr)
+                .context("cannot set up DTLS for listeners.coaps")?,
+            peer_addr,
+            login_from: config.tls.peer_cert_login_from,
+        };
         let socket = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
             format!("cannot listen for CoAP over DTLS on {addr} (listeners.coaps)")
         })?;
         tracing::info!("listening protocol=coaps addr={}", socket.local_addr()?);
-        tracker.spawn(crate::coap::dtls::run(socket, ctx.clone(), tls));
+        tracker.spawn(crate::coap::coaps::run(socket, ctx.clone(), dtls));
     }
     Ok(())
 }

@@ -158,6 +158,7 @@ async function startBroker({ extraConfig = '' } = {}) {
       'mqtts = "127.0.0.1:0"',
       'amqps = "127.0.0.1:0"',
       'https = "127.0.0.1:0"',
+      'cluster = ""',
       'xmpp_server = "127.0.0.1:0"',
       'xmpps_server = "127.0.0.1:0"',
       '',

@@ -59,11 +59,15 @@ def free_port_outside_ephemeral(exclude: tuple[int, ...] = ()) -> int:
 
 
 class TinyDns:
-    """Answers SRV `_xmpp-server._tcp.<domain>` and A `<domain>` for the given domains on
-    127.0.0.1 (UDP, port chosen by the kernel); everything else gets an empty answer."""
+    """Answers SRV `_xmpp-server._tcp.<domain>` (STARTTLS port, `records`), SRV
+    `_xmpps-server._tcp.<domain>` (XEP-0368 direct TLS port, `tls_records`) and A `<domain>` for
+    the given domains on 127.0.0.1 (UDP, port chosen by the kernel); everything else gets an
+    empty answer. Also used by test_xmpp_s2s.py through `[xmpp.s2s] resolver`."""
 
-    def __init__(self, records: dict[str, int]):
+    def __init__(self, records: dict[str, int], tls_records: dict[str, int] | None = None):
         self.records = {d.lower(): port for d, port in records.items()}
+        self.tls_records = {d.lower(): port for d, port in (tls_records or {}).items()}
+        self.queries: list[tuple[str, int]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -109,16 +113,19 @@ class TinyDns:
         qtype, qclass = struct.unpack("!HH", data[i:i + 4])
         question = data[12:i + 4]
         answers = []
-        lname = name.lower()
-        if qtype == 33 and lname.startswith("_xmpp-server._tcp."):
-            domain = lname[len("_xmpp-server._tcp."):]
-            if domain in self.records:
-                rdata = struct.pack("!HHH", 0, 0, self.records[domain]) + self._encode(domain)
-                answers.append(self._encode(name) + struct.pack("!HHIH", 33, 1, 5, len(rdata)) + rdata)
-        elif qtype == 1 and lname in self.records:
+        lname = name.lower().rstrip(".")
+        self.queries.append((lname, qtype))
+        for prefix, table in (("_xmpp-server._tcp.", self.records), ("_xmpps-server._tcp.", self.tls_records)):
+            if qtype == 33 and lname.startswith(prefix):
+                domain = lname[len(prefix):]
+                if domain in table:
+                    rdata = struct.pack("!HHH", 0, 0, table[domain]) + self._encode(domain)
+                    answers.append(self._encode(name) + struct.pack("!HHIH", 33, 1, 5, len(rdata)) + rdata)
+        if qtype == 1 and (lname in self.records or lname in self.tls_records):
             rdata = socket.inet_aton("127.0.0.1")
             answers.append(self._encode(name) + struct.pack("!HHIH", 1, 1, 5, len(rdata)) + rdata)
-        known = lname in self.records or any(lname.endswith("." + d) for d in self.records)
+        names = set(self.records) | set(self.tls_records)
+        known = lname in names or any(lname.endswith("." + d) for d in names)
         rcode = 0 if known else 3
         flags = 0x8000 | 0x0400 | 0x0100 | 0x0080 | rcode  # response, AA, RD, RA
         header = struct.pack("!HHHHHH", qid, flags, 1, len(answers), 0, 0)

@@ -203,6 +203,10 @@ def nodes():
         for n in made:
             n.stop()
         failed = [n for n in made if "panicked at" in n.log()]
+        keep = os.environ.get("TRIBUTARY_CLUSTER_LOGS")
+        if keep:
+            for n in made:
+                Path(keep, f"node{n.id}.log").write_text(n.log())
         shutil.rmtree(root, ignore_errors=True)
         assert not failed, "a node panicked:\n" + "\n".join(n.log()[-5000:] for n in failed)
 
@@ -324,8 +328,7 @@ def test_wrong_secret_is_refused_and_logged(nodes):
 
 
 def test_single_node_reports_not_clustered(broker):
-    host, port = None, None
-    m = re.search(r"listening protocol=http addr=(\S+)", broker.log_text())
-    assert m
+    m = wait_for(lambda: re.search(r"listening protocol=http addr=(\S+)", broker.log_text()),
+                 "the HTTP listener")
     r = requests.get(f"http://{m.group(1)}/api/cluster", auth=("guest", "guest"), timeout=10)
     assert r.json() == {"clustered": False}

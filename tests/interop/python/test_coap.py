@@ -369,3 +369,396 @@ def test_dtls_psk_with_coap_client(tmp_path):
         assert b"</ps>" in r.stdout, r
     finally:
         stop_broker(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# CoAPS with certificates (the broker's [tls] setup), cookies and the server's own retransmissions
+
+
+def make_pki(d: Path):
+    """A throwaway CA (trustme), the broker's certificate for 127.0.0.1, and a client
+    certificate whose subject CN is the broker user `device7`."""
+    import trustme
+
+    ca = trustme.CA()
+    files = {"ca": d / "ca.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    for name, issued in (
+        ("server", ca.issue_cert("127.0.0.1", "localhost", common_name="localhost")),
+        ("client", ca.issue_cert("device7.example", common_name="device7")),
+    ):
+        files[name] = d / f"{name}.pem"
+        files[name].write_bytes(b"".join(p.bytes() for p in issued.cert_chain_pems))
+        files[name + "_key"] = d / f"{name}.key"
+        issued.private_key_pem.write_to_path(str(files[name + "_key"]))
+    return files
+
+
+def start_coaps_broker(pki, fail_if_no_peer_cert: bool = False, extra: str = "") -> TributaryBroker:
+    tls = f"""
+[tls]
+certificate = "{pki['server']}"
+key = "{pki['server_key']}"
+ca_certificate = "{pki['ca']}"
+verify = "verify_peer"
+fail_if_no_peer_cert = {"true" if fail_if_no_peer_cert else "false"}
+"""
+    b = start_broker(extra=tls + extra, listeners='coap = "127.0.0.1:0"\ncoaps = "127.0.0.1:0"\n')
+    b.coaps_port = wait_port(b, "coaps")
+    return b
+
+
+def dtls_client_bin() -> str:
+    binary = coap_client_bin()
+    if binary is None or binary.endswith("-notls"):
+        pytest.fail("coap-client with DTLS not found: install Debian's libcoap3-bin", pytrace=False)
+    return binary
+
+
+def test_dtls_client_certificate_logs_in_as_its_common_name(tmp_path):
+    """coap-client -c/-j/-C: the server's [tls] certificate is verified by the client, the
+    client's certificate by the broker against [tls] ca_certificate, and its CN is the user."""
+    dtls_client_bin()
+    pki = make_pki(tmp_path)
+    b = start_coaps_broker(pki)
+    try:
+        b.add_user("device7", "unused-password", permissions=(".*", ".*", ".*"))
+        b.cli("user", "set_topic_permissions", "device7", "amq.topic", "^dev7\\..*", "^dev7\\..*")
+        sub, got = mqtt_subscriber(b, "dev7/#")
+        base = f"coaps://127.0.0.1:{b.coaps_port}"
+        cert = ["-c", str(pki["client"]), "-j", str(pki["client_key"]), "-C", str(pki["ca"])]
+        r = coap_client(*cert, "-m", "put", "-e", "signed", f"{base}/ps/dev7/t")
+        assert r.returncode == 0, r
+        m = got.get(timeout=WAIT)
+        assert (m.topic, m.payload) == ("dev7/t", b"signed")
+        sub.loop_stop()
+        # The certificate's user is device7: its topic permissions apply.
+        r = coap_client(*cert, "-m", "put", "-e", "x", f"{base}/ps/other/t")
+        assert b"4.03" in r.stdout + r.stderr, r
+        # Without a client certificate (allowed: fail_if_no_peer_cert = false) the request
+        # acts as the query's user, here guest from loopback.
+        r = coap_client("-C", str(pki["ca"]), "-m", "get", f"{base}/.well-known/core")
+        assert b"</ps>" in r.stdout, r
+        # A client certificate from another CA fails the handshake; the broker keeps serving.
+        (tmp_path / "other").mkdir()
+        other = make_pki(tmp_path / "other")
+        r = coap_client("-B", "3", "-c", str(other["client"]), "-j", str(other["client_key"]),
+                        "-n", "-m", "put", "-e", "x", f"{base}/ps/dev7/t")
+        assert b"2.04" not in r.stdout, r
+        r = coap_client(*cert, "-m", "get", f"{base}/.well-known/core")
+        assert b"</ps>" in r.stdout, r
+    finally:
+        stop_broker(b)
+
+
+class FilterProxy:
+    """A UDP proxy between one client and the broker; `drop_up(data)` / `drop_down(data)`
+    decide whether a datagram from the client / from the broker is dropped. Every datagram
+    is recorded with the verdict, in order (`log`: (direction, data, dropped))."""
+
+    def __init__(self, target_port: int, drop_up=lambda d: False, drop_down=lambda d: False):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.upstream.connect(("127.0.0.1", target_port))
+        self.port = self.sock.getsockname()[1]
+        self.client = None
+        self.drop_up, self.drop_down = drop_up, drop_down
+        self.log: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._up, self._down)]
+        for t in self.threads:
+            t.start()
+
+    def _up(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.client = addr
+            with self.lock:
+                dropped = self.drop_up(data)
+                self.log.append(("up", data, dropped))
+            if not dropped:
+                self.upstream.send(data)
+
+    def _down(self):
+        self.upstream.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                data = self.upstream.recv(65535)
+            except TimeoutError:
+                continue
+            with self.lock:
+                dropped = self.drop_down(data)
+                self.log.append(("down", data, dropped))
+            if not dropped:
+                self.sock.sendto(data, self.client)
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+        self.sock.close()
+        self.upstream.close()
+
+
+def dtls_handshake_type(d: bytes) -> int | None:
+    """The handshake message type of a datagram that opens with a DTLS handshake record
+    of epoch 0 (RFC 6347 §4.1: 13-byte record header, then the handshake header)."""
+    if len(d) > 25 and d[0] == 22 and d[3:5] == b"\0\0":
+        return d[13]
+    return None
+
+
+CLIENT_HELLO, SERVER_HELLO, HELLO_VERIFY_REQUEST = 1, 2, 3
+
+
+def test_dtls_cookie_exchange_and_the_server_resends_its_lost_flight(tmp_path):
+    """The first ClientHello gets a HelloVerifyRequest no larger than itself (a spoofed
+    source gets no certificate flight). Then the proxy drops the server's first
+    ServerHello flight and every later ClientHello retransmission of the client: the
+    handshake can only finish if the server resends its flight on its own timer."""
+    dtls_client_bin()
+    pki = make_pki(tmp_path)
+    b = start_coaps_broker(pki)
+    state = {"server_hello_dropped": False}
+
+    def drop_down(d: bytes) -> bool:
+        if dtls_handshake_type(d) == SERVER_HELLO and not state["server_hello_dropped"]:
+            state["server_hello_dropped"] = True
+            return True
+        return False
+
+    def drop_up(d: bytes) -> bool:
+        return state["server_hello_dropped"] and dtls_handshake_type(d) == CLIENT_HELLO
+
+    proxy = FilterProxy(b.coaps_port, drop_up=drop_up, drop_down=drop_down)
+    try:
+        sub, got = mqtt_subscriber(b, "flight/#")
+        cert = ["-c", str(pki["client"]), "-j", str(pki["client_key"]), "-C", str(pki["ca"])]
+        b.add_user("device7", "unused-password", permissions=(".*", ".*", ".*"))
+        r = coap_client(*cert, "-m", "put", "-e", "through", f"coaps://127.0.0.1:{proxy.port}/ps/flight/t")
+        assert r.returncode == 0, r
+        m = got.get(timeout=WAIT)
+        assert (m.topic, m.payload) == ("flight/t", b"through")
+        sub.loop_stop()
+        with proxy.lock:
+            log = list(proxy.log)
+        ups = [d for (way, d, _) in log if way == "up"]
+        downs = [d for (way, d, _) in log if way == "down"]
+        # Cookie exchange: ClientHello, then a HelloVerifyRequest no larger than it.
+        assert dtls_handshake_type(ups[0]) == CLIENT_HELLO, ups[0][:16]
+        assert dtls_handshake_type(downs[0]) == HELLO_VERIFY_REQUEST, downs[0][:16]
+        assert len(downs[0]) <= len(ups[0])
+        # The ServerHello flight went twice, the first one dropped, and no ClientHello
+        # after the drop reached the server.
+        hellos = [dropped for (way, d, dropped) in log if way == "down" and dtls_handshake_type(d) == SERVER_HELLO]
+        assert hellos[:2] == [True, False], hellos
+    finally:
+        proxy.close()
+        stop_broker(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Observability, lost notification ACKs, limits, and which topic a wildcard notification is for
+
+
+def http_get(b, path: str):
+    import requests
+
+    r = requests.get(f"http://127.0.0.1:{wait_port(b, 'http')}{path}", auth=("guest", "guest"), timeout=WAIT)
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r
+
+
+def coap_connections(b):
+    return [c for c in http_get(b, "/api/connections").json() if c["tributary_protocol"] == "coap"]
+
+
+def metric(b, name: str) -> int:
+    m = re.search(rf"^{name} (\d+)$", http_get(b, "/metrics").text, re.M)
+    assert m, f"no {name} in /metrics"
+    return int(m.group(1))
+
+
+@pytest.mark.asyncio
+async def test_observations_in_the_api_and_metrics_wildcard_location_and_operator_close(coap_broker):
+    import requests
+    from urllib.parse import quote
+
+    b = coap_broker
+    proxy = FilterProxy(b.coap_port)  # drops nothing: it shows what went on the wire
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        wild = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=uri(b, "/ps/loc/%23", proxy.port), observe=0))
+        exact = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=uri(b, "/ps/loc/exact", proxy.port), observe=0))
+        tokens = []
+        for pr in (wild, exact):
+            first = await asyncio.wait_for(pr.response, WAIT)
+            assert first.code == aiocoap.CONTENT and first.opt.observe is not None, first
+            tokens.append(first.token)
+        wild_n, exact_n = wild.observation.__aiter__(), exact.observation.__aiter__()
+        # A wildcard observation's notification names the matching topic's resource
+        # (/ps/<topic>) in Location-Path options; a plain topic's does not need to.
+        mqtt_publish(b, "loc/exact", b"1")
+        n = await asyncio.wait_for(wild_n.__anext__(), WAIT)
+        assert (n.payload, n.opt.location_path) == (b"1", ("ps", "loc", "exact")), n
+        e = await asyncio.wait_for(exact_n.__anext__(), WAIT)
+        assert (e.payload, e.opt.location_path) == (b"1", ()), e
+        mqtt_publish(b, "loc/a/b", b"2")
+        n = await asyncio.wait_for(wild_n.__anext__(), WAIT)
+        assert (n.payload, n.opt.location_path) == (b"2", ("ps", "loc", "a", "b")), n
+
+        # The management API lists them, per peer and in all.
+        obs = sorted(http_get(b, "/api/coap/observations").json(), key=lambda o: o["topic_filter"])
+        assert [o["topic_filter"] for o in obs] == ["loc/#", "loc/exact"], obs
+        o = obs[0]
+        assert (o["user"], o["vhost"], o["peer_host"], o["notifications"]) == ("guest", "/", "127.0.0.1", 2), o
+        assert o["queue"].startswith("coap-observe-") and o["since"] > 0 and o["confirmable"] is True, o
+        conns = coap_connections(b)
+        assert [(c["name"], c["coap_observations"]) for c in conns] == [(o["connection"], 2)], conns
+        assert metric(b, "tributary_coap_observations") == 2
+
+        # Closing the peer from the API ends its observations with a last 5.03
+        # notification (RFC 7641: an error notification ends an observation).
+        port = wait_port(b, "http")
+        r = requests.delete(f"http://127.0.0.1:{port}/api/connections/{quote(o['connection'], safe='')}",
+                            auth=("guest", "guest"), timeout=WAIT)
+        assert r.status_code == 204, r.text
+        for it in (wild_n, exact_n):
+            # aiocoap ends the iteration (it may or may not yield the 5.03 first).
+            with pytest.raises(StopAsyncIteration):
+                while True:
+                    last = await asyncio.wait_for(it.__anext__(), WAIT)
+                    assert last.code == aiocoap.SERVICE_UNAVAILABLE and last.opt.observe is None, last
+        with proxy.lock:
+            final = [aiocoap.Message.decode(d) for (way, d, _) in proxy.log
+                     if way == "down" and d[1] == aiocoap.SERVICE_UNAVAILABLE]
+        assert sorted(m.token for m in final) == sorted(tokens), final
+        assert all(m.mtype == aiocoap.NON and m.opt.observe is None for m in final), final
+        assert http_get(b, "/api/coap/observations").json() == []
+        assert metric(b, "tributary_coap_observations") == 0
+    finally:
+        await ctx.shutdown()
+        proxy.close()
+
+
+def coap_type(d: bytes) -> int:
+    return (d[0] >> 4) & 3
+
+
+CON, NON, ACK, RST = 0, 1, 2, 3
+
+
+@pytest.mark.asyncio
+async def test_con_notification_resent_when_the_observers_ack_is_lost(coap_broker):
+    """The observer's first ACK (of the first CON notification) is dropped: the broker
+    resends the notification with the same message id, and the observation goes on."""
+    b = coap_broker
+    state = {"dropped": None}
+
+    def drop_up(d: bytes) -> bool:
+        if state["dropped"] is None and coap_type(d) == ACK and d[1] == 0:
+            state["dropped"] = d
+            return True
+        return False
+
+    proxy = FilterProxy(b.coap_port, drop_up=drop_up)
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        pr = ctx.request(aiocoap.Message(code=aiocoap.GET, uri=uri(b, "/ps/retx/n", proxy.port), observe=0))
+        first = await asyncio.wait_for(pr.response, WAIT)
+        assert first.opt.observe is not None
+        it = pr.observation.__aiter__()
+        mqtt_publish(b, "retx/n", b"first")
+        n1 = await asyncio.wait_for(it.__anext__(), WAIT)
+        assert n1.payload == b"first"
+        # Wait for the resent notification: the broker's second copy, same message id.
+        mid = struct.unpack("!H", state["dropped"][2:4])[0] if state["dropped"] else None
+        deadline = time.monotonic() + WAIT
+        while True:
+            with proxy.lock:
+                copies = [d for (way, d, _) in proxy.log
+                          if way == "down" and coap_type(d) == CON and struct.unpack("!H", d[2:4])[0] == mid]
+            if len(copies) >= 2:
+                break
+            assert time.monotonic() < deadline, "the CON notification was not resent"
+            await asyncio.sleep(0.05)  # polling the proxy's log, bounded
+        assert state["dropped"] is not None and copies[0] == copies[1]
+        # The observation continues, and the duplicate was not a second notification.
+        mqtt_publish(b, "retx/n", b"second")
+        n2 = await asyncio.wait_for(it.__anext__(), WAIT)
+        assert n2.payload == b"second" and n2.opt.observe > n1.opt.observe
+    finally:
+        await ctx.shutdown()
+        proxy.close()
+
+
+def raw(mtype, code, mid: int, path: str, payload: bytes = b"", **opts) -> bytes:
+    m = aiocoap.Message(mtype=mtype, code=code, mid=mid, uri_path=tuple(path.split("/")),
+                        payload=payload, **opts)
+    m.token = mid.to_bytes(2, "big")
+    return m.encode()
+
+
+def udp_socket(b) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(WAIT)
+    s.connect(("127.0.0.1", b.coap_port))
+    return s
+
+
+def test_rate_limit_answers_4_29_and_other_addresses_are_served():
+    """rate = 1, burst = 5: a flood of 30 CON publishes from one socket gets 4.29 Too Many
+    Requests (RFC 8516, with Max-Age) for the first refused one and the rest is dropped;
+    another address is served meanwhile."""
+    b = start_broker(extra="\n[coap]\nrate = 1\nburst = 5\n")
+    try:
+        sub, got = mqtt_subscriber(b, "flood/#", qos=0)
+        a, other = udp_socket(b), udp_socket(b)
+        for i in range(1, 31):
+            a.send(raw(aiocoap.CON, aiocoap.PUT, i, "ps/flood/a", str(i).encode()))
+        while True:  # bounded by the socket's timeout
+            m = aiocoap.Message.decode(a.recv(65535))
+            if m.code == aiocoap.TOO_MANY_REQUESTS:
+                break
+            assert m.code == aiocoap.CHANGED, m
+        assert m.mtype == aiocoap.ACK and m.opt.max_age >= 1 and m.token == m.mid.to_bytes(2, "big"), m
+        other.send(raw(aiocoap.CON, aiocoap.PUT, 1, "ps/flood/marker", b"m"))
+        r = aiocoap.Message.decode(other.recv(65535))
+        assert r.code == aiocoap.CHANGED, r
+        flood = 0
+        while (msg := got.get(timeout=WAIT)).topic != "flood/marker":
+            flood += 1
+        assert 5 <= flood < 30, flood
+        sub.loop_stop()
+    finally:
+        stop_broker(b)
+
+
+def test_max_peers_and_max_observations_refuse_with_5_03_and_max_age():
+    b = start_broker(extra="\n[coap]\nmax_peers = 1\nmax_observations_per_peer = 2\n")
+    try:
+        a, other = udp_socket(b), udp_socket(b)
+        codes = []
+        for i, topic in enumerate(("o/1", "o/2", "o/3"), start=1):
+            a.send(raw(aiocoap.CON, aiocoap.GET, i, f"ps/{topic}", observe=0))
+            codes.append(aiocoap.Message.decode(a.recv(65535)))
+        assert [m.code for m in codes] == [aiocoap.CONTENT, aiocoap.CONTENT, aiocoap.SERVICE_UNAVAILABLE], codes
+        assert [m.opt.observe is not None for m in codes] == [True, True, False]
+        assert codes[2].opt.max_age == 60
+        # A second address is beyond max_peers: 5.03 with Max-Age, nothing kept.
+        other.send(raw(aiocoap.CON, aiocoap.GET, 7, ".well-known/core"))
+        r = aiocoap.Message.decode(other.recv(65535))
+        assert (r.code, r.mtype, r.mid, r.token, r.opt.max_age) == (
+            aiocoap.SERVICE_UNAVAILABLE, aiocoap.ACK, 7, (7).to_bytes(2, "big"), 30), r
+        assert len(coap_connections(b)) == 1
+        # The peer within the bound is still served.
+        a.send(raw(aiocoap.CON, aiocoap.GET, 9, ".well-known/core"))
+        assert aiocoap.Message.decode(a.recv(65535)).code == aiocoap.CONTENT
+    finally:
+        stop_broker(b)

@@ -59,7 +59,9 @@ def pair(request, tmp_path_factory):
         ca.cert_pem.write_to_path(str(ca_path))
         certs = {}
         for domain in (A, B):
-            issued = ca.issue_cert(domain)
+            # Our MUC service streams as its own domain: its name is in our certificate too.
+            names = (domain, f"conference.{domain}") if domain == A else (domain,)
+            issued = ca.issue_cert(*names)
             crt, key = root / f"{domain}.crt", root / f"{domain}.key"
             issued.cert_chain_pems[0].write_to_path(str(crt))
             issued.private_key_pem.write_to_path(str(key))
@@ -93,6 +95,7 @@ def pair(request, tmp_path_factory):
 
         cleanup.append(stop_t)
         dns.records[A] = t.s2s_port
+        dns.records[f"conference.{A}"] = t.s2s_port
         pro.start()
         cleanup.append(pro.stop)
         return t, pro, ca_path
@@ -129,3 +132,34 @@ async def test_tributary_and_prosody_users_subscribe_and_chat(pair, slix, mode):
     assert line and method in line.group(0), t.log_text()[-3000:]
     line = t.wait_log(re.compile(r"XMPP inbound stream authenticated.*"), 1)
     assert line and method in line.group(0), t.log_text()[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["dialback", "certificates"])
+async def test_prosody_user_in_our_room(pair, slix, mode):
+    """A Prosody user joins a room of conference.tributary.interop (Prosody finds it by SRV and
+    verifies it by dialback or its certificate), talks and listens; our user sees him."""
+    from test_xmpp_muc_invite import create, muc
+
+    t, pro, ca_path = pair(mode)
+    plugins = ("xep_0004", "xep_0030", "xep_0045")
+    alice = await slix.new(t, "alice", add_users(t, "alice")["alice"], "r", domain=A,
+                           plugins=plugins).start(presence=True)
+    pro.register("bob", "bob-secret")
+    shim = SimpleNamespace(xmpp_port=pro.c2s_port, xmpps_port=0, cert_path=ca_path)
+    bob = await slix.new(shim, "bob", "bob-secret", "r", domain=B, plugins=plugins).start(presence=True)
+    room = f"lounge@conference.{A}"
+    await create(alice, room, "Alice")
+    alice.on(f"muc::{room}::presence")
+
+    pres, *_ = await muc(bob).join_muc_wait(room, "Bob", timeout=30)
+    assert 110 in {int(c) for c in pres["muc"]["status_codes"]}, str(pres)
+    while True:
+        p = await alice.event(f"muc::{room}::presence")
+        if p["from"] == f"{room}/Bob":
+            break
+    bob.c.send_message(mto=room, mbody="hello from Prosody", mtype="groupchat")
+    m = await alice.next_message(lambda m: m["type"] == "groupchat" and m["body"] == "hello from Prosody")
+    assert m["from"] == f"{room}/Bob"
+    alice.c.send_message(mto=room, mbody="hello Prosody user", mtype="groupchat")
+    m = await bob.next_message(lambda m: m["type"] == "groupchat" and m["body"] == "hello Prosody user")
+    assert m["from"] == f"{room}/Alice"

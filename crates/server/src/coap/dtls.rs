@@ -1,26 +1,26 @@
-//! CoAP over DTLS 1.2 (`[listeners] coaps`, RFC 7252 §9.1) with pre-shared
-//! keys: OpenSSL's DTLS (the `openssl` crate over Debian's libssl) runs one
-//! session per peer over an in-memory datagram pipe, so the same
-//! [`super::Server`] sees decrypted datagrams and the PSK identity that
-//! proved itself, which logs in as the broker user of that name.
+//! DTLS 1.2 for CoAPS (`[listeners] coaps`, RFC 7252 §9.1): the OpenSSL
+//! server context (the `openssl` crate over Debian's libssl) with the
+//! broker's `[tls]` certificate, client certificates verified against
+//! `[tls] ca_certificate`, pre-shared keys from `[coap] psk_file`, the
+//! cookie exchange, and the handshake retransmission timer. The listener
+//! loop that runs one session per peer is `super::coaps`.
 
-use super::{CoapContext, MAX_DATAGRAM, Server, TICK};
-use crate::registry::Transport;
 use anyhow::Context;
-use bytes::Bytes;
+use foreign_types::ForeignTypeRef;
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslStream, SslVersion,
+    Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslRef, SslVerifyMode,
+    SslVersion,
 };
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use openssl::x509::X509Name;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::net::UdpSocket;
-
-/// The path MTU we assume (no IP-level discovery on a custom pipe).
-const MTU: u32 = 1280;
 
 /// PSK identities and their keys.
 pub type PskKeys = HashMap<String, Vec<u8>>;
@@ -67,176 +67,129 @@ fn decode_hex(s: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-/// The DTLS server context: DTLS 1.2 and later, PSK cipher suites.
-pub fn context(keys: Arc<PskKeys>) -> anyhow::Result<SslContext> {
+/// What the DTLS server context is built from: `[coap] psk_file` and the
+/// broker's `[tls]` certificate, CA bundle and client-certificate policy.
+pub struct DtlsSetup {
+    /// Pre-shared keys (`[coap] psk_file`), if any.
+    pub psk: Option<Arc<PskKeys>>,
+    /// The server's PEM certificate chain.
+    pub certificate: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+    /// With `[tls] verify = "verify_peer"`: the CAs client certificates must chain to.
+    pub ca_certificate: Option<PathBuf>,
+    /// `[tls] fail_if_no_peer_cert`.
+    pub fail_if_no_peer_cert: bool,
+}
+
+/// The DTLS server context: DTLS 1.2 and later, the broker's certificate
+/// (ECDHE suites), PSK suites when keys are configured, client
+/// certificates asked for and verified under `verify_peer`, and the
+/// cookie exchange (HelloVerifyRequest, RFC 6347 §4.2.1): a ClientHello
+/// gets a small stateless cookie back before the server sends its
+/// certificate flight, so a spoofed source address cannot make the
+/// broker send large flights to a victim. `peer_addr` is where each
+/// session keeps its peer's address for the cookie.
+pub fn context(setup: &DtlsSetup, peer_addr: Index<Ssl, SocketAddr>) -> anyhow::Result<SslContext> {
     let mut b = SslContextBuilder::new(SslMethod::dtls())?;
     b.set_min_proto_version(Some(SslVersion::DTLS1_2))?;
-    b.set_options(SslOptions::NO_QUERY_MTU);
-    b.set_cipher_list("PSK")?;
-    b.set_psk_server_callback(move |_ssl, identity, out| {
-        let key = identity
-            .and_then(|i| std::str::from_utf8(i).ok())
-            .and_then(|i| keys.get(i));
-        match key {
-            Some(k) if k.len() <= out.len() => {
-                out[..k.len()].copy_from_slice(k);
-                Ok(k.len())
-            }
-            // Unknown identity: no key, the handshake fails.
-            _ => Ok(0),
+    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::COOKIE_EXCHANGE);
+    b.set_certificate_chain_file(&setup.certificate)
+        .with_context(|| format!("cannot read certificate {}", setup.certificate.display()))?;
+    b.set_private_key_file(&setup.key, SslFiletype::PEM)
+        .with_context(|| format!("cannot read private key {}", setup.key.display()))?;
+    b.check_private_key().with_context(|| {
+        format!(
+            "the certificate {} and key {} do not match",
+            setup.certificate.display(),
+            setup.key.display()
+        )
+    })?;
+    b.set_cipher_list(if setup.psk.is_some() {
+        "ECDHE+AESGCM:ECDHE+AESCCM:ECDHE+CHACHA20:PSK"
+    } else {
+        "ECDHE+AESGCM:ECDHE+AESCCM:ECDHE+CHACHA20"
+    })?;
+    if let Some(ca) = &setup.ca_certificate {
+        b.set_ca_file(ca)
+            .with_context(|| format!("cannot read CA certificates {}", ca.display()))?;
+        let names = X509Name::load_client_ca_file(ca)
+            .with_context(|| format!("bad CA certificates {}", ca.display()))?;
+        b.set_client_ca_list(names);
+        let mut mode = SslVerifyMode::PEER;
+        if setup.fail_if_no_peer_cert {
+            mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
         }
+        b.set_verify(mode);
+    }
+    if let Some(keys) = setup.psk.clone() {
+        b.set_psk_server_callback(move |_ssl, identity, out| {
+            let key = identity
+                .and_then(|i| std::str::from_utf8(i).ok())
+                .and_then(|i| keys.get(i));
+            match key {
+                Some(k) if k.len() <= out.len() => {
+                    out[..k.len()].copy_from_slice(k);
+                    Ok(k.len())
+                }
+                // Unknown identity: no key, the handshake fails.
+                _ => Ok(0),
+            }
+        });
+    }
+    let mut secret = [0u8; 32];
+    openssl::rand::rand_bytes(&mut secret)?;
+    let secret = Arc::new(secret);
+    let s = secret.clone();
+    b.set_cookie_generate_cb(move |ssl, out| {
+        let cookie = cookie(&s[..], ssl.ex_data(peer_addr))?;
+        let n = cookie.len().min(out.len());
+        out[..n].copy_from_slice(&cookie[..n]);
+        Ok(n)
+    });
+    b.set_cookie_verify_cb(move |ssl, got| {
+        cookie(&secret[..], ssl.ex_data(peer_addr))
+            .is_ok_and(|want| got.len() == want.len() && openssl::memcmp::eq(got, &want))
     });
     Ok(b.build())
 }
 
-/// One peer's side of the in-memory datagram pipe under its DTLS session.
-#[derive(Default)]
-struct Pipe {
-    incoming: VecDeque<Bytes>,
-    outgoing: Vec<Bytes>,
-}
-
-impl Read for Pipe {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(d) = self.incoming.pop_front() else {
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let n = d.len().min(buf.len());
-        buf[..n].copy_from_slice(&d[..n]);
-        Ok(n)
+/// The cookie of a peer address: HMAC-SHA-256 of the address under a
+/// secret drawn at start, so that only the address it was sent to can
+/// send it back, and the server keeps nothing per ClientHello to check it.
+fn cookie(secret: &[u8], peer: Option<&SocketAddr>) -> Result<Vec<u8>, ErrorStack> {
+    let key = PKey::hmac(secret)?;
+    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+    match peer {
+        Some(SocketAddr::V4(a)) => {
+            signer.update(&a.ip().octets())?;
+            signer.update(&a.port().to_be_bytes())?;
+        }
+        Some(SocketAddr::V6(a)) => {
+            signer.update(&a.ip().octets())?;
+            signer.update(&a.port().to_be_bytes())?;
+        }
+        None => {}
     }
+    signer.sign_to_vec()
 }
 
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outgoing.push(Bytes::copy_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct Session {
-    stream: SslStream<Pipe>,
-    identity: Option<String>,
-    last: Instant,
-}
-
-fn wants_more(e: &openssl::ssl::Error) -> bool {
-    matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE)
-}
-
-/// Serves CoAP over DTLS on a bound UDP socket until shutdown.
-pub async fn run(socket: UdpSocket, ctx: Arc<CoapContext>, tls: SslContext) {
-    let transport = Transport {
-        local: socket.local_addr().ok(),
-        tls: true,
-        websocket: false,
+/// Lets OpenSSL resend the server's last handshake flight when its DTLS
+/// retransmission timer has run out (`DTLSv1_handle_timeout`, a macro
+/// the `openssl` crate does not wrap): true if a flight was resent.
+pub fn handle_timeout(ssl: &SslRef) -> bool {
+    /// `DTLS_CTRL_HANDLE_TIMEOUT` in OpenSSL's `ssl.h`.
+    const DTLS_CTRL_HANDLE_TIMEOUT: std::ffi::c_int = 74;
+    // SAFETY: `ssl` is a live SSL object borrowed for the call; the
+    // control takes no argument pointer and only reads its own timer and
+    // writes to the session's BIO (our in-memory pipe).
+    let r = unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            DTLS_CTRL_HANDLE_TIMEOUT,
+            0,
+            std::ptr::null_mut(),
+        )
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut server = Server::new(ctx.clone(), transport, tx);
-    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut plain = vec![0u8; MAX_DATAGRAM];
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let idle = std::time::Duration::from_secs(ctx.config.peer_idle_timeout);
-    loop {
-        let mut wire: Vec<(SocketAddr, Bytes)> = Vec::new();
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, peer)) => {
-                    let now = Instant::now();
-                    let data = Bytes::copy_from_slice(&buf[..n]);
-                    if !sessions.contains_key(&peer) {
-                        if sessions.len() >= ctx.config.max_peers {
-                            continue;
-                        }
-                        match Ssl::new(&tls).and_then(|mut ssl| {
-                            ssl.set_mtu(MTU)?;
-                            SslStream::new(ssl, Pipe::default())
-                        }) {
-                            Ok(stream) => {
-                                sessions.insert(peer, Session { stream, identity: None, last: now });
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot start a DTLS session");
-                                continue;
-                            }
-                        }
-                    }
-                    let mut drop_session = false;
-                    if let Some(s) = sessions.get_mut(&peer) {
-                        s.last = now;
-                        s.stream.get_mut().incoming.push_back(data);
-                        if s.identity.is_none() {
-                            match s.stream.accept() {
-                                Ok(()) => {
-                                    s.identity = s
-                                        .stream
-                                        .ssl()
-                                        .psk_identity()
-                                        .map(|i| String::from_utf8_lossy(i).into_owned());
-                                    tracing::debug!(%peer, identity = ?s.identity, "DTLS session established");
-                                }
-                                Err(e) if wants_more(&e) => {}
-                                Err(e) => {
-                                    tracing::info!(%peer, error = %e, "DTLS handshake failed");
-                                    drop_session = true;
-                                }
-                            }
-                        }
-                        if let Some(identity) = s.identity.clone() {
-                            loop {
-                                match s.stream.ssl_read(&mut plain) {
-                                    Ok(n) => server.datagram(
-                                        peer,
-                                        Bytes::copy_from_slice(&plain[..n]),
-                                        Some(&identity),
-                                        now,
-                                    ),
-                                    Err(e) if wants_more(&e) => break,
-                                    Err(_) => {
-                                        drop_session = true;
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        wire.extend(s.stream.get_mut().outgoing.drain(..).map(|d| (peer, d)));
-                    }
-                    if drop_session {
-                        sessions.remove(&peer);
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "CoAPS receive failed"),
-            },
-            Some(msg) = rx.recv() => {
-                server.inbound(msg, Instant::now());
-                while let Ok(msg) = rx.try_recv() {
-                    server.inbound(msg, Instant::now());
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                server.tick(now);
-                sessions.retain(|_, s| now.duration_since(s.last) < idle);
-            }
-        }
-        for (peer, datagram) in server.drain_transmit() {
-            if let Some(s) = sessions.get_mut(&peer)
-                && s.identity.is_some()
-                && s.stream.ssl_write(&datagram).is_ok()
-            {
-                wire.extend(s.stream.get_mut().outgoing.drain(..).map(|d| (peer, d)));
-            }
-        }
-        for (peer, d) in wire {
-            super::send(&socket, peer, &d).await;
-        }
-    }
-    server.close();
+    r > 0
 }

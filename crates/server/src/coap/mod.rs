@@ -4,8 +4,10 @@
 //! every peer's [`tributary_coap::Endpoint`]; resources live under
 //! `/ps/<topic>` (docs/coap.md).
 
+pub mod coaps;
 mod content;
 pub mod dtls;
+pub mod observations;
 mod resources;
 mod server;
 
@@ -21,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tributary_core::Broker;
 
+pub use observations::{ObservationInfo, Observations};
 pub use server::Server;
 
 /// How often retransmissions, expiries and idle peers are looked at.
@@ -42,6 +45,8 @@ pub struct CoapContext {
     pub limits: Arc<Limits>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// Live observations, for the management API.
+    pub observations: Observations,
 }
 
 /// Serves CoAP over a bound UDP socket until shutdown.
@@ -78,6 +83,8 @@ pub async fn run_udp(socket: UdpSocket, ctx: Arc<CoapContext>) {
         for (peer, datagram) in server.drain_transmit() {
             send(&socket, peer, &datagram).await;
         }
+        // Peers closed by an operator: nothing more to end over plain UDP.
+        server.take_closed();
     }
     server.close();
 }

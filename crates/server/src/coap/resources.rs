@@ -18,7 +18,8 @@ use tributary_core::{
     ConsumerOptions, Delivery, Message as CoreMessage, Properties, QueueOptions, Table, Value,
 };
 use tributary_mqtt::topic::{
-    filter_to_routing_key, topic_to_routing_key, validate_topic_filter, validate_topic_name,
+    filter_to_routing_key, routing_key_to_topic, topic_to_routing_key, validate_topic_filter,
+    validate_topic_name,
 };
 
 /// The exchange topics live on (as for MQTT).
@@ -27,6 +28,14 @@ const TOPIC_EXCHANGE: &str = "amq.topic";
 const QOS_HEADER: &str = "x-mqtt-publish-qos";
 const PUBLISHER_HEADER: &str = "x-mqtt-publisher";
 const RETAIN_HEADER: &str = "x-mqtt-retain";
+/// Max-Age (seconds) of the 5.03 a registration beyond
+/// `max_observations_per_peer` gets: when to try again.
+const OBSERVATIONS_FULL_MAX_AGE: u32 = 60;
+/// The first Location-Path of a notification's matching topic (the
+/// resource it names is `/ps/<topic>`).
+const PS: &[u8] = b"ps";
+/// Topics with more levels than this get no Location-Path in notifications.
+const MAX_LOCATION_SEGMENTS: usize = 32;
 /// Our preferred block size exponent (1024-byte blocks).
 const SZX: u8 = Block::MAX_SZX;
 /// Characters escaped in a link-format path segment.
@@ -536,9 +545,14 @@ impl Server {
             Some(id) => id,
             None => {
                 if count >= self.ctx.config.max_observations_per_peer {
-                    return error(Code::SERVICE_UNAVAILABLE, "too many observations");
+                    // RFC 7641 §4.1: the registration falls back to a plain
+                    // GET, answered here with 5.03 (no Observe) and when to retry.
+                    let mut m = response(Code::SERVICE_UNAVAILABLE);
+                    m.add_uint_option(option::MAX_AGE, OBSERVATIONS_FULL_MAX_AGE);
+                    m.payload = Bytes::from_static(b"too many observations");
+                    return Reply::Now(m);
                 }
-                match self.start_observation(addr, req, login, path, &key) {
+                match self.start_observation(addr, req, login, path, filter, &key) {
                     Ok(id) => id,
                     Err(r) => return r,
                 }
@@ -579,6 +593,7 @@ impl Server {
         req: &Message,
         login: &Login,
         path: &str,
+        filter: &str,
         key: &str,
     ) -> Result<u64, Reply> {
         let (id, sink, inflight) = self.new_sink();
@@ -613,13 +628,17 @@ impl Server {
                 peer: addr,
                 token: req.token.clone(),
                 path: path.to_string(),
+                filter: filter.to_string(),
+                wildcard: filter.contains(['+', '#']),
                 queue: q.clone(),
                 vhost: v.clone(),
                 seq: ObserveSequence::starting_at(2),
                 confirmable,
                 inflight,
                 sink: sink.clone(),
+                notifications: Default::default(),
             },
+            &login.user,
         );
         if let Err(e) = q.add_consumer(
             format!("coap-{id}").into(),
@@ -651,6 +670,26 @@ impl Server {
         );
         n.token = o.token.clone();
         n.add_uint_option(option::OBSERVE, o.seq.next_value());
+        o.notifications.fetch_add(1, Ordering::Relaxed);
+        let topic = o
+            .wildcard
+            .then(|| routing_key_to_topic(&String::from_utf8_lossy(&m.routing_key)))
+            // Location-Path values are 0 to 255 bytes (RFC 7252 §5.10).
+            .filter(|t| {
+                t.split('/').count() < MAX_LOCATION_SEGMENTS && t.split('/').all(|s| s.len() <= 255)
+            });
+        if let Some(topic) = topic {
+            // Which topic matched: its resource `/ps/<topic>` as
+            // Location-Path options, as the CoAP pub/sub draft does for
+            // topic collections (an elective option clients may ignore).
+            n.add_option(option::LOCATION_PATH, Bytes::from_static(PS));
+            for segment in topic.split('/') {
+                n.add_option(
+                    option::LOCATION_PATH,
+                    Bytes::copy_from_slice(segment.as_bytes()),
+                );
+            }
+        }
         let format = format_of(&m);
         if let Some(f) = format {
             n.add_uint_option(option::CONTENT_FORMAT, f);

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-use tributary_coap::{Assembler, Endpoint, EndpointConfig, Event, Message, ObserveSequence};
+use tributary_coap::{
+    Assembler, Code, Endpoint, EndpointConfig, Event, Message, ObserveSequence, Type, option,
+};
 use tributary_core::{ConsumerSink, Delivery, Queue, VHost};
 
 /// Deliveries in flight to one observation before its queue waits.
@@ -23,6 +25,11 @@ const TRANSFER_LIFETIME: Duration = Duration::from_secs(247);
 const MAX_UPLOADS: usize = 4;
 /// Block2 bodies one peer may have cached at once.
 const MAX_DOWNLOADS: usize = 16;
+/// Max-Age (seconds) of the 5.03 a new peer gets beyond `max_peers`.
+const PEERS_FULL_MAX_AGE: u32 = 30;
+/// Refusals (4.29, 5.03) sent per second at most, over all addresses: a
+/// flood with spoofed sources must not turn the broker into a reflector.
+const REFUSAL_RATE: u32 = 100;
 
 /// What reaches the listener's task from elsewhere.
 pub enum Inbound {
@@ -102,6 +109,8 @@ pub(super) struct Login {
 pub(super) struct Peer {
     pub endpoint: Endpoint,
     bucket: Option<TokenBucket>,
+    /// When this peer last got a 4.29 (at most one a second).
+    refused_at: Option<Instant>,
     pub registration: Registration,
     pub login: Option<Login>,
     /// The DTLS PSK identity the peer proved, if any.
@@ -152,12 +161,19 @@ pub(super) struct Observation {
     pub token: Bytes,
     /// The observed path (`ps/...`), the key of Block2 follow-ups.
     pub path: String,
+    /// The MQTT topic filter.
+    pub filter: String,
+    /// Whether the filter has wildcards (notifications then carry the
+    /// matching topic as Location-Path options).
+    pub wildcard: bool,
     pub queue: Arc<Queue>,
     pub vhost: Arc<VHost>,
     pub seq: ObserveSequence,
     pub confirmable: bool,
     pub inflight: Arc<AtomicU32>,
     pub sink: Arc<ObsSink>,
+    /// Notifications sent (shared with the management table).
+    pub notifications: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Every peer and observation of one listener.
@@ -173,6 +189,12 @@ pub struct Server {
     dirty: Vec<SocketAddr>,
     seed: u64,
     refused_peers: u64,
+    /// Bounds the refusals sent to addresses we keep no state for.
+    refusals: Option<TokenBucket>,
+    /// Datagrams for peers no longer tracked (refusals, last words).
+    stray: Vec<(SocketAddr, Bytes)>,
+    /// Peers closed by an operator since the last look (DTLS ends their sessions).
+    closed: Vec<SocketAddr>,
 }
 
 impl Server {
@@ -195,7 +217,48 @@ impl Server {
             dirty: Vec::new(),
             seed,
             refused_peers: 0,
+            refusals: TokenBucket::new(REFUSAL_RATE, REFUSAL_RATE, Instant::now()),
+            stray: Vec::new(),
+            closed: Vec::new(),
         }
+    }
+
+    /// Whether a refusal may go out now (a global bound on what we send to
+    /// addresses that may be spoofed).
+    fn may_refuse(&mut self, now: Instant) -> bool {
+        let Some(b) = &mut self.refusals else {
+            return true;
+        };
+        if b.ready_at(now).is_some() {
+            return false;
+        }
+        b.take(1, now);
+        true
+    }
+
+    /// Answers a confirmable request we will not serve, without state:
+    /// an ACK with `code` and Max-Age (RFC 7252 §5.10.5, RFC 8516).
+    /// Non-confirmable and malformed datagrams get nothing. True if sent.
+    fn refuse(
+        &mut self,
+        addr: SocketAddr,
+        data: &[u8],
+        code: Code,
+        max_age: u32,
+        now: Instant,
+    ) -> bool {
+        let Ok(req) = tributary_coap::message::decode(Bytes::copy_from_slice(data)) else {
+            return false;
+        };
+        if req.mtype != Type::Con || !req.code.is_request() || !self.may_refuse(now) {
+            return false;
+        }
+        let mut m = Message::new(Type::Ack, code, req.message_id);
+        m.token = req.token;
+        m.add_uint_option(option::MAX_AGE, max_age);
+        let datagram = tributary_coap::message::to_bytes(&m);
+        self.stray.push((addr, datagram));
+        true
     }
 
     fn next_seed(&mut self) -> u64 {
@@ -206,16 +269,24 @@ impl Server {
         self.seed
     }
 
-    /// The peer at `addr`, created if the bound allows.
-    fn peer_entry(&mut self, addr: SocketAddr, now: Instant) -> bool {
+    /// The peer at `addr`, created if the bound allows (else a
+    /// confirmable request gets 5.03 Service Unavailable with Max-Age).
+    fn peer_entry(&mut self, addr: SocketAddr, data: &[u8], now: Instant) -> bool {
         if self.peers.contains_key(&addr) {
             return true;
         }
         if self.peers.len() >= self.ctx.config.max_peers {
             self.refused_peers += 1;
             if self.refused_peers.is_power_of_two() {
-                tracing::warn!(peer = %addr, max_peers = self.ctx.config.max_peers, refused = self.refused_peers, "CoAP peer limit reached: ignoring new peers");
+                tracing::warn!(peer = %addr, max_peers = self.ctx.config.max_peers, refused = self.refused_peers, "CoAP peer limit reached: refusing new peers");
             }
+            self.refuse(
+                addr,
+                data,
+                Code::SERVICE_UNAVAILABLE,
+                PEERS_FULL_MAX_AGE,
+                now,
+            );
             return false;
         }
         let seed = self.next_seed();
@@ -230,6 +301,7 @@ impl Server {
             Peer {
                 endpoint: Endpoint::new(EndpointConfig::default(), seed),
                 bucket: TokenBucket::new(c.rate, c.burst, now),
+                refused_at: None,
                 registration,
                 login: None,
                 identity: None,
@@ -251,15 +323,29 @@ impl Server {
         identity: Option<&str>,
         now: Instant,
     ) {
-        if !self.peer_entry(addr, now) {
+        if !self.peer_entry(addr, &data, now) {
             return;
         }
         let Some(peer) = self.peers.get_mut(&addr) else {
             return;
         };
         if let Some(bucket) = &mut peer.bucket {
-            if bucket.ready_at(now).is_some() {
-                // A flood: dropped unread (the client retransmits what matters).
+            if let Some(at) = bucket.ready_at(now) {
+                // A flood: dropped, except that the first confirmable
+                // request each second hears 4.29 with the seconds to wait
+                // (RFC 8516); the client retransmits what matters.
+                if peer
+                    .refused_at
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                {
+                    let wait = at.saturating_duration_since(now).as_secs_f64().ceil();
+                    let max_age = (wait as u32).max(1);
+                    if self.refuse(addr, &data, Code::TOO_MANY_REQUESTS, max_age, now)
+                        && let Some(p) = self.peers.get_mut(&addr)
+                    {
+                        p.refused_at = Some(now);
+                    }
+                }
                 return;
             }
             bucket.take(1, now);
@@ -348,18 +434,41 @@ impl Server {
             self.dirty.push(addr);
         }
         for addr in gone {
-            self.remove_peer(addr);
+            self.remove_peer(addr, now);
         }
     }
 
-    fn remove_peer(&mut self, addr: SocketAddr) {
-        let Some(p) = self.peers.remove(&addr) else {
+    /// Forgets a peer. One an operator closed hears, for each observation,
+    /// a last non-confirmable 5.03 Service Unavailable without Observe:
+    /// a notification with an error code ends an observation (RFC 7641
+    /// §3.2, §4.2), so the client knows to register again.
+    fn remove_peer(&mut self, addr: SocketAddr, now: Instant) {
+        let Some(mut p) = self.peers.remove(&addr) else {
             return;
         };
+        let closed = p.registration.is_close_requested();
+        if closed {
+            for token in p.observations.keys() {
+                let mut m = Message::new(Type::Non, Code::SERVICE_UNAVAILABLE, 0);
+                m.token = token.clone();
+                m.payload = Bytes::from_static(b"closed by an operator");
+                p.endpoint.send(m, now);
+            }
+            while let Some(d) = p.endpoint.poll_transmit() {
+                p.registration.counters.wrote(d.len());
+                self.stray.push((addr, d));
+            }
+            self.closed.push(addr);
+        }
         for (_, id) in p.observations {
             self.drop_observation(id);
         }
-        tracing::debug!(peer = %addr, "CoAP peer forgotten");
+        tracing::debug!(peer = %addr, closed, "CoAP peer forgotten");
+    }
+
+    /// Peers closed by an operator since the last call.
+    pub fn take_closed(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.closed)
     }
 
     /// Ends an observation: its queue goes.
@@ -375,6 +484,7 @@ impl Server {
 
     fn drop_observation(&mut self, id: u64) {
         if let Some(o) = self.observations.remove(&id) {
+            self.ctx.observations.remove(self.conn_id, id);
             o.sink.live.store(false, Ordering::Release);
             o.vhost.remove_queue(&o.queue);
         }
@@ -394,16 +504,34 @@ impl Server {
     }
 
     /// Registers a new observation.
-    pub(super) fn add_observation(&mut self, id: u64, o: Observation) {
+    pub(super) fn add_observation(&mut self, id: u64, o: Observation, user: &str) {
         if let Some(p) = self.peers.get_mut(&o.peer) {
             p.observations.insert(o.token.clone(), id);
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.ctx.observations.insert(
+                self.conn_id,
+                id,
+                super::ObservationInfo {
+                    connection: p.registration.name(),
+                    peer: o.peer,
+                    user: user.to_string(),
+                    vhost: o.vhost.name().to_string(),
+                    filter: o.filter.clone(),
+                    queue: o.queue.name().to_string(),
+                    confirmable: o.confirmable,
+                    since,
+                    notifications: o.notifications.clone(),
+                },
+            );
         }
         self.observations.insert(id, o);
     }
 
     /// The datagrams to send now, peer by peer.
     pub fn drain_transmit(&mut self) -> Vec<(SocketAddr, Bytes)> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.stray);
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
+use tributary_core::Value;
 use tributary_core::persist::decode_message;
 use tributary_core::stream::{StreamCursor, StreamLog, StreamRecord, StreamStart};
-use tributary_core::Value;
+use tributary_kafka::code;
+use tributary_kafka::compression::Compression;
 use tributary_kafka::records::{Record, encode_batch, record_size};
 use tributary_kafka::request::{FetchRequest, ListOffsetsRequest};
 use tributary_kafka::response::{self, FetchPartitionResponse};
-use tributary_kafka::compression::Compression;
-use tributary_kafka::code;
 
 use super::Conn;
 use super::produce::KEY_HEADER;
@@ -104,7 +104,12 @@ struct Part {
 }
 
 impl Conn {
-    fn cursor(&mut self, queue: &str, log: &Arc<dyn StreamLog>, offset: u64) -> &mut Box<dyn StreamCursor> {
+    fn cursor(
+        &mut self,
+        queue: &str,
+        log: &Arc<dyn StreamLog>,
+        offset: u64,
+    ) -> &mut Box<dyn StreamCursor> {
         let fresh = self
             .fetch
             .readers
@@ -133,7 +138,9 @@ impl Conn {
             while (p.next as u64) < stats.committed && p.bytes < p.max_bytes && total < max_total {
                 let budget = (p.max_bytes - p.bytes).min(max_total - total);
                 let queue = p.queue.clone();
-                let batch = self.cursor(&queue, &log, p.next as u64).read(READ_BATCH, budget);
+                let batch = self
+                    .cursor(&queue, &log, p.next as u64)
+                    .read(READ_BATCH, budget);
                 if batch.is_empty() {
                     break;
                 }
@@ -178,18 +185,27 @@ impl Conn {
                 .as_ref()
                 .and_then(|vh| super::topics::find(vh, &topic, self.conn_id));
             for p in ps {
-                let queue = found
-                    .as_ref()
-                    .and_then(|qs| usize::try_from(p.partition).ok().and_then(|i| qs.get(i)).cloned());
+                let queue = found.as_ref().and_then(|qs| {
+                    usize::try_from(p.partition)
+                        .ok()
+                        .and_then(|i| qs.get(i))
+                        .cloned()
+                });
                 let (log, error) = match &queue {
                     None => (None, code::UNKNOWN_TOPIC_OR_PARTITION),
-                    Some(q) if !self.may(Access::Read, q.name()) => (None, code::TOPIC_AUTHORIZATION_FAILED),
+                    Some(q) if !self.may(Access::Read, q.name()) => {
+                        (None, code::TOPIC_AUTHORIZATION_FAILED)
+                    }
                     Some(q) => (q.stream().cloned(), code::NONE),
                 };
                 parts.push(Part {
                     topic: names.len(),
                     partition: p.partition,
-                    error: if log.is_none() && error == code::NONE { code::UNKNOWN_TOPIC_OR_PARTITION } else { error },
+                    error: if log.is_none() && error == code::NONE {
+                        code::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        error
+                    },
                     log,
                     queue: queue.map(|q| q.name().to_owned()).unwrap_or_default(),
                     next: p.fetch_offset,
@@ -200,7 +216,13 @@ impl Conn {
             }
             names.push(topic);
         }
-        let max_total = if r.max_bytes <= 0 { usize::MAX } else { r.max_bytes as usize };
+        // What one answer may hold in memory: the client's maximum, within the request limit.
+        let cap = self.ctx.config.max_request_size;
+        let max_total = if r.max_bytes <= 0 {
+            cap
+        } else {
+            (r.max_bytes as usize).min(cap)
+        };
         let min_bytes = r.min_bytes.max(1) as usize;
         let wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
@@ -230,13 +252,22 @@ impl Conn {
             names.into_iter().map(|n| (n, Vec::new())).collect();
         for p in parts {
             let stats = p.log.as_ref().map(|l| l.stats()).unwrap_or_default();
+            self.records_out += p.records.len() as u64;
             let mut records = BytesMut::new();
             encode_batch(&mut records, &p.records, Compression::None);
             topics[p.topic].1.push(FetchPartitionResponse {
                 partition: p.partition,
                 error: p.error,
-                high_watermark: if p.log.is_some() { stats.committed as i64 } else { -1 },
-                log_start_offset: if p.log.is_some() { stats.first_offset as i64 } else { -1 },
+                high_watermark: if p.log.is_some() {
+                    stats.committed as i64
+                } else {
+                    -1
+                },
+                log_start_offset: if p.log.is_some() {
+                    stats.first_offset as i64
+                } else {
+                    -1
+                },
                 records: records.freeze(),
             });
         }
@@ -245,7 +276,7 @@ impl Conn {
 
     pub(super) fn list_offsets(&self, v: i16, r: ListOffsetsRequest, out: &mut BytesMut) {
         let vhost = self.ctx.broker.vhost(self.vhost());
-        let topics: Vec<(String, Vec<(i32, i16, i64, i64)>)> = r
+        let topics: Vec<(String, Vec<response::ListedOffset>)> = r
             .topics
             .into_iter()
             .map(|(topic, ps)| {
@@ -274,7 +305,9 @@ impl Conn {
                             t => {
                                 let mut reader = log.reader(StreamStart::Timestamp(t));
                                 match reader.read(1, 1).into_iter().next() {
-                                    Some(rec) => (p, code::NONE, rec.timestamp_ms, rec.offset as i64),
+                                    Some(rec) => {
+                                        (p, code::NONE, rec.timestamp_ms, rec.offset as i64)
+                                    }
                                     None => (p, code::NONE, -1, -1),
                                 }
                             }
@@ -285,5 +318,49 @@ impl Conn {
             })
             .collect();
         response::list_offsets(v, &topics, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::produce::to_message;
+    use tributary_core::persist::encode_message;
+
+    #[test]
+    fn a_record_survives_the_stream_and_amqp_headers_become_kafka_headers() {
+        let record = Record {
+            offset: 0,
+            timestamp: 1_700_000_000_123,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![
+                ("a".into(), Some(Bytes::from_static(b"1"))),
+                ("n".into(), None),
+            ],
+        };
+        let m = to_message("t", record.clone(), record.timestamp);
+        assert_eq!(m.properties.timestamp, Some(1_700_000_000));
+        let stored = StreamRecord {
+            offset: 7,
+            timestamp_ms: record.timestamp,
+            filter: None,
+            payload: encode_message(&m).freeze(),
+        };
+        let back = to_record(stored).unwrap();
+        assert_eq!(
+            back,
+            Record {
+                offset: 7,
+                ..record
+            }
+        );
+        // An AMQP publisher's typed headers.
+        assert_eq!(header_bytes(&Value::I32(-5)), Some(Some(Bytes::from("-5"))));
+        assert_eq!(
+            header_bytes(&Value::Bool(true)),
+            Some(Some(Bytes::from("true")))
+        );
+        assert_eq!(header_bytes(&Value::Array(vec![])), None);
     }
 }

@@ -12,13 +12,13 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tributary_kafka::code;
 use tributary_kafka::group::{Completion, Coordinator, Join};
 use tributary_kafka::request::{
-    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest,
-    OffsetFetchRequest, SyncGroupRequest,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest,
+    SyncGroupRequest,
 };
 use tributary_kafka::response::{self, FetchedOffset, JoinGroupResponse};
-use tributary_kafka::code;
 use tributary_store::Store;
 
 use super::Conn;
@@ -69,7 +69,9 @@ impl Groups {
                                     .collect();
                                 offsets.insert(k, map);
                             }
-                            Err(e) => tracing::warn!(error = %e, "skipping undecodable Kafka offsets"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "skipping undecodable Kafka offsets")
+                            }
                         }
                     }
                 }
@@ -115,9 +117,10 @@ impl Groups {
         }
     }
 
-    /// Runs `f` with a new waiter token and waits for its completion.
+    /// Runs `f` with a new waiter token and waits for its completion (None at shutdown).
     async fn wait(
         &self,
+        shutdown: &CancellationToken,
         f: impl FnOnce(&mut Coordinator, u64, u64) -> Vec<Completion>,
     ) -> Option<Completion> {
         let w = self.next_waiter.fetch_add(1, Ordering::Relaxed);
@@ -128,7 +131,13 @@ impl Groups {
             f(&mut c, self.now(), w)
         };
         self.complete(done);
-        rx.await.ok()
+        tokio::select! {
+            r = rx => r.ok(),
+            _ = shutdown.cancelled() => {
+                self.waiters.lock().remove(&w);
+                None
+            }
+        }
     }
 
     /// Drops a deleted topic's committed offsets.
@@ -179,10 +188,14 @@ impl Conn {
 
     pub(super) async fn join_group(&mut self, v: i16, r: JoinGroupRequest, out: &mut BytesMut) {
         let gk = self.group_key(&r.group_id);
-        let client_id = if self.client_id.is_empty() { "consumer".to_owned() } else { self.client_id.clone() };
+        let client_id = if self.client_id.is_empty() {
+            "consumer".to_owned()
+        } else {
+            self.client_id.clone()
+        };
         let groups = self.ctx.groups.clone();
         let done = groups
-            .wait(|c, now, w| {
+            .wait(&self.ctx.shutdown, |c, now, w| {
                 c.join(
                     now,
                     if r.group_id.is_empty() { "" } else { &gk },
@@ -215,7 +228,9 @@ impl Conn {
             .ctx
             .groups
             .clone()
-            .wait(|c, now, w| c.sync(now, &gk, r.generation_id, &r.member_id, &r.assignments, w))
+            .wait(&self.ctx.shutdown, |c, now, w| {
+                c.sync(now, &gk, r.generation_id, &r.member_id, &r.assignments, w)
+            })
             .await;
         let (error, assignment) = match done {
             Some(Completion::Sync(_, e, a)) => (e, a),
@@ -227,10 +242,11 @@ impl Conn {
     pub(super) fn heartbeat(&mut self, v: i16, r: HeartbeatRequest, out: &mut BytesMut) {
         let gk = self.group_key(&r.group_id);
         let groups = &self.ctx.groups;
-        let error = groups
-            .coordinator
-            .lock()
-            .heartbeat(groups.now(), &gk, r.generation_id, &r.member_id);
+        let error =
+            groups
+                .coordinator
+                .lock()
+                .heartbeat(groups.now(), &gk, r.generation_id, &r.member_id);
         response::heartbeat(v, error, out);
     }
 
@@ -248,7 +264,11 @@ impl Conn {
             }
         }
         groups.complete(done);
-        let error = if v < 3 { results.first().map_or(code::NONE, |r| r.1) } else { code::NONE };
+        let error = if v < 3 {
+            results.first().map_or(code::NONE, |r| r.1)
+        } else {
+            code::NONE
+        };
         response::leave_group(v, error, &results, out);
     }
 
@@ -299,7 +319,14 @@ impl Conn {
 
     pub(super) fn offset_fetch(&mut self, v: i16, r: OffsetFetchRequest, out: &mut BytesMut) {
         let gk = self.group_key(&r.group_id);
-        let offsets = self.ctx.groups.offsets.lock().get(&gk).cloned().unwrap_or_default();
+        let offsets = self
+            .ctx
+            .groups
+            .offsets
+            .lock()
+            .get(&gk)
+            .cloned()
+            .unwrap_or_default();
         let topics: Vec<(String, Vec<FetchedOffset>)> = match r.topics {
             Some(topics) => topics
                 .into_iter()
@@ -307,10 +334,8 @@ impl Conn {
                     let parts = ps
                         .into_iter()
                         .map(|p| {
-                            let (offset, metadata) = offsets
-                                .get(&(t.clone(), p))
-                                .cloned()
-                                .unwrap_or((-1, None));
+                            let (offset, metadata) =
+                                offsets.get(&(t.clone(), p)).cloned().unwrap_or((-1, None));
                             FetchedOffset {
                                 partition: p,
                                 offset,

@@ -105,6 +105,9 @@ pub(crate) struct Conn {
     pub conn_id: u64,
     pub fetch: fetch::Cursors,
     pub client_id: String,
+    /// Records produced and fetched since the registry's counters were last updated.
+    pub records_in: u64,
+    pub records_out: u64,
 }
 
 /// What handling a request asks of the connection.
@@ -192,8 +195,12 @@ impl Conn {
     }
 }
 
-async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<KafkaContext>, advertised: Arc<(String, i32)>)
-where
+async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<KafkaContext>,
+    advertised: Arc<(String, i32)>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     // Kafka has no way to refuse a connection in its own protocol: over the limit, close.
@@ -221,6 +228,8 @@ where
         sasl: auth::SaslState::default(),
         fetch: fetch::Cursors::default(),
         client_id: String::new(),
+        records_in: 0,
+        records_out: 0,
     };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inbuf = BytesMut::with_capacity(8 << 10);
@@ -261,6 +270,16 @@ where
             if let Some(u) = &conn.user {
                 reg.set_user(u);
             }
+            let (records_in, records_out) = (
+                std::mem::take(&mut conn.records_in),
+                std::mem::take(&mut conn.records_out),
+            );
+            reg.counters
+                .messages_in
+                .fetch_add(records_in, std::sync::atomic::Ordering::Relaxed);
+            reg.counters
+                .messages_out
+                .fetch_add(records_out, std::sync::atomic::Ordering::Relaxed);
             let close = match outcome {
                 Outcome::Reply(body) => {
                     response::frame_response(h.correlation_id, &body, &mut out);

@@ -89,17 +89,29 @@ impl Conn {
                     Ok(qs) => match usize::try_from(part.index).ok().and_then(|i| qs.get(i)) {
                         Some(q) => q.clone(),
                         None => {
-                            answers.push(partition_error(part.index, code::UNKNOWN_TOPIC_OR_PARTITION, None));
+                            answers.push(partition_error(
+                                part.index,
+                                code::UNKNOWN_TOPIC_OR_PARTITION,
+                                None,
+                            ));
                             continue;
                         }
                     },
                 };
                 if !self.may(Access::Write, queue.name()) {
-                    answers.push(partition_error(part.index, code::TOPIC_AUTHORIZATION_FAILED, None));
+                    answers.push(partition_error(
+                        part.index,
+                        code::TOPIC_AUTHORIZATION_FAILED,
+                        None,
+                    ));
                     continue;
                 }
                 let Some(log) = queue.stream().cloned() else {
-                    answers.push(partition_error(part.index, code::UNKNOWN_TOPIC_OR_PARTITION, None));
+                    answers.push(partition_error(
+                        part.index,
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        None,
+                    ));
                     continue;
                 };
                 let batches = match decode_batches(part.records.unwrap_or_default(), max) {
@@ -121,7 +133,11 @@ impl Conn {
                 let mut count = 0u64;
                 for batch in batches.into_iter().filter(|b| !b.is_control()) {
                     for record in batch.records {
-                        let ts = if record.timestamp >= 0 { record.timestamp } else { now };
+                        let ts = if record.timestamp >= 0 {
+                            record.timestamp
+                        } else {
+                            now
+                        };
                         let message = to_message(queue.name(), record, ts);
                         let payload = encode_message(&message);
                         let filter = message
@@ -142,9 +158,17 @@ impl Conn {
                         }
                     }
                 }
-                queue.counters().published.fetch_add(count, Ordering::Relaxed);
+                queue
+                    .counters()
+                    .published
+                    .fetch_add(count, Ordering::Relaxed);
+                self.records_in += count;
                 if failed {
-                    answers.push(partition_error(part.index, code::UNKNOWN_SERVER_ERROR, Some("the stream refused the append".into())));
+                    answers.push(partition_error(
+                        part.index,
+                        code::UNKNOWN_SERVER_ERROR,
+                        Some("the stream refused the append".into()),
+                    ));
                     continue;
                 }
                 if !touched.iter().any(|l| Arc::ptr_eq(l, &log)) {

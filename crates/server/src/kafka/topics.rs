@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tributary_core::{Queue, QueueOptions, Table, Value, VHost};
+use tributary_core::{Queue, QueueOptions, Table, VHost, Value};
+use tributary_kafka::code;
 use tributary_kafka::request::{
     CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, MetadataRequest,
 };
 use tributary_kafka::response::{self, DescribedResource, MetadataTopic};
-use tributary_kafka::code;
 
 use super::Conn;
 use crate::users::Access;
@@ -101,9 +101,10 @@ fn stream_arguments(configs: &[(String, Option<String>)]) -> Result<Table, Strin
             .parse()
             .map_err(|_| format!("{name} must be a number, not {value}"))?;
         match name.as_str() {
-            "retention.ms" if n >= 0 => {
-                args.insert("x-max-age", Value::LongStr(format!("{}s", (n + 999) / 1000).into()))
-            }
+            "retention.ms" if n >= 0 => args.insert(
+                "x-max-age",
+                Value::LongStr(format!("{}s", (n + 999) / 1000).into()),
+            ),
             "retention.bytes" if n >= 0 => args.insert("x-max-length-bytes", Value::I64(n)),
             "retention.ms" | "retention.bytes" => {}
             "segment.bytes" if n > 0 => {
@@ -125,16 +126,25 @@ impl Conn {
         validate_only: bool,
     ) -> Result<Vec<Arc<Queue>>, (i16, String)> {
         if !valid_name(topic) {
-            return Err((code::INVALID_TOPIC_EXCEPTION, format!("invalid topic name {topic:?}")));
+            return Err((
+                code::INVALID_TOPIC_EXCEPTION,
+                format!("invalid topic name {topic:?}"),
+            ));
         }
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
-            return Err((code::INVALID_PARTITIONS, format!("partitions must be 1 to {MAX_PARTITIONS}")));
+            return Err((
+                code::INVALID_PARTITIONS,
+                format!("partitions must be 1 to {MAX_PARTITIONS}"),
+            ));
         }
         let Some(vhost) = self.ctx.broker.vhost(self.vhost()) else {
             return Err((code::UNKNOWN_SERVER_ERROR, "no such vhost".into()));
         };
         if find(&vhost, topic, self.conn_id).is_some() {
-            return Err((code::TOPIC_ALREADY_EXISTS, format!("topic {topic} already exists")));
+            return Err((
+                code::TOPIC_ALREADY_EXISTS,
+                format!("topic {topic} already exists"),
+            ));
         }
         let names: Vec<String> = (0..partitions)
             .map(|p| stream_name(topic, partitions as usize, p))
@@ -162,7 +172,12 @@ impl Conn {
                 Err(e) => return Err((code::INVALID_CONFIG, e.to_string())),
             }
         }
-        tracing::info!(topic, partitions, vhost = self.vhost(), "Kafka topic created");
+        tracing::info!(
+            topic,
+            partitions,
+            vhost = self.vhost(),
+            "Kafka topic created"
+        );
         Ok(out)
     }
 
@@ -239,11 +254,21 @@ impl Conn {
             .topics
             .into_iter()
             .map(|t| {
-                let partitions = if t.num_partitions == -1 { 1 } else { t.num_partitions };
+                let partitions = if t.num_partitions == -1 {
+                    1
+                } else {
+                    t.num_partitions
+                };
                 let result = if t.assignments > 0 {
-                    Err((code::INVALID_REQUEST, "manual partition assignments are not supported".into()))
+                    Err((
+                        code::INVALID_REQUEST,
+                        "manual partition assignments are not supported".into(),
+                    ))
                 } else if !matches!(t.replication_factor, -1 | 1) {
-                    Err((code::INVALID_REPLICATION_FACTOR, "replication factor must be 1 (one broker)".into()))
+                    Err((
+                        code::INVALID_REPLICATION_FACTOR,
+                        "replication factor must be 1 (one broker)".into(),
+                    ))
                 } else {
                     self.create_topic(&t.name, partitions, &t.configs, r.validate_only)
                 };
@@ -262,7 +287,8 @@ impl Conn {
             .topics
             .into_iter()
             .map(|name| {
-                let Some(parts) = vhost.as_ref().and_then(|vh| find(vh, &name, self.conn_id)) else {
+                let Some(parts) = vhost.as_ref().and_then(|vh| find(vh, &name, self.conn_id))
+                else {
                     return (name, code::UNKNOWN_TOPIC_OR_PARTITION);
                 };
                 if parts.iter().any(|q| !self.may(Access::Configure, q.name())) {
@@ -305,11 +331,15 @@ impl Conn {
                             res.error = code::UNKNOWN_TOPIC_OR_PARTITION;
                             return res;
                         };
-                        let s = q.args().stream.unwrap_or(tributary_core::stream::StreamSettings {
-                            max_bytes: None,
-                            max_age_ms: None,
-                            max_segment_bytes: tributary_core::stream::DEFAULT_MAX_SEGMENT_BYTES,
-                        });
+                        let s = q
+                            .args()
+                            .stream
+                            .unwrap_or(tributary_core::stream::StreamSettings {
+                                max_bytes: None,
+                                max_age_ms: None,
+                                max_segment_bytes:
+                                    tributary_core::stream::DEFAULT_MAX_SEGMENT_BYTES,
+                            });
                         let configs = [
                             ("retention.ms", s.max_age_ms.map(|m| m as i64)),
                             ("retention.bytes", s.max_bytes.map(|b| b as i64)),
@@ -318,10 +348,15 @@ impl Conn {
                         for (k, value) in configs {
                             if wanted(k) {
                                 let default = value.is_none();
-                                res.configs.push((k.into(), Some(value.unwrap_or(-1).to_string()), default));
+                                res.configs.push((
+                                    k.into(),
+                                    Some(value.unwrap_or(-1).to_string()),
+                                    default,
+                                ));
                             }
                         }
-                        res.configs.push(("cleanup.policy".into(), Some("delete".into()), true));
+                        res.configs
+                            .push(("cleanup.policy".into(), Some("delete".into()), true));
                         res.configs.retain(|(k, _, _)| wanted(k));
                     }
                     _ => {

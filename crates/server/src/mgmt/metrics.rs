@@ -189,6 +189,12 @@ fn protocols(st: &St, o: &mut Out) {
         &[("protocol", "xmpp")],
         sessions(Protocol::Xmpp),
     );
+    o.single(
+        "tributary_coap_observations",
+        "gauge",
+        "Live CoAP Observe registrations (RFC 7641).",
+        st.s.coap.count() as u64,
+    );
     let families = [
         (
             "tributary_received_bytes_total",

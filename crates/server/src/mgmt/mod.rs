@@ -58,6 +58,8 @@ pub struct Services {
     pub config: crate::config::Config,
     /// The XMPP service (rooms and pubsub nodes), when it runs.
     pub xmpp: Option<Arc<crate::xmpp::XmppContext>>,
+    /// Live CoAP observations.
+    pub coap: crate::coap::Observations,
 }
 
 /// The management API's shared state.
@@ -105,6 +107,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: St) -> Router<S> {
         .route("/api/xmpp/sessions", get(overview::xmpp_sessions))
         .route("/api/xmpp/rooms", get(overview::xmpp_rooms))
         .route("/api/xmpp/pubsub", get(overview::xmpp_pubsub))
+        .route("/api/coap/observations", get(overview::coap_observations))
         .route("/api/vhost-limits", get(limits::all))
         .route("/api/vhost-limits/{vhost}", get(limits::of_vhost))
         .route(

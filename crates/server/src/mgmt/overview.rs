@@ -212,7 +212,41 @@ pub async fn connections(State(st): State<St>, caller: Caller) -> Json<J> {
     Json(J::Array(
         visible_connections(&st, &caller)
             .iter()
-            .map(|c| connection_json(c))
+            .map(|c| with_coap(&st, c, connection_json(c)))
+            .collect(),
+    ))
+}
+
+/// A CoAP peer's row also counts its observations (`coap_observations`).
+fn with_coap(st: &St, c: &ConnInfo, mut row: J) -> J {
+    if c.protocol == Protocol::Coap {
+        row["coap_observations"] = json!(st.s.coap.count_for(&c.name()));
+    }
+    row
+}
+
+/// GET /api/coap/observations: every CoAP observation the caller may see
+/// (administrators and monitoring users all, others their own).
+pub async fn coap_observations(State(st): State<St>, caller: Caller) -> Json<J> {
+    Json(J::Array(
+        st.s.coap
+            .list()
+            .into_iter()
+            .filter(|o| caller.sees_all() || o.user == caller.name)
+            .map(|o| {
+                json!({
+                    "connection": o.connection,
+                    "peer_host": o.peer.ip().to_string(),
+                    "peer_port": o.peer.port(),
+                    "user": o.user,
+                    "vhost": o.vhost,
+                    "topic_filter": o.filter,
+                    "queue": o.queue,
+                    "confirmable": o.confirmable,
+                    "since": o.since,
+                    "notifications": o.notifications(),
+                })
+            })
             .collect(),
     ))
 }
@@ -227,7 +261,7 @@ pub async fn connection(
     if !caller.sees_all() && c.user() != caller.name {
         return Err(ApiError::NotFound);
     }
-    Ok(Json(connection_json(&c)))
+    Ok(Json(with_coap(&st, &c, connection_json(&c))))
 }
 
 /// DELETE /api/connections/{name}: closes it the protocol's way (AMQP 320

@@ -60,7 +60,7 @@ impl Broker {
         std::fs::write(
             &config,
             format!(
-                "[listeners]\namqp = \"127.0.0.1:0\"\nmqtt = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nxmpp = \"127.0.0.1:0\"\nxmpps = \"127.0.0.1:0\"\nmqtts = \"127.0.0.1:0\"\namqps = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nxmpp_server = \"127.0.0.1:0\"\nxmpps_server = \"127.0.0.1:0\"\n\n\
+                "[listeners]\namqp = \"127.0.0.1:0\"\nmqtt = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nxmpp = \"127.0.0.1:0\"\nxmpps = \"127.0.0.1:0\"\nmqtts = \"127.0.0.1:0\"\namqps = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\ncluster = \"\"\nxmpp_server = \"127.0.0.1:0\"\nxmpps_server = \"127.0.0.1:0\"\n\n\
                  [amqp]\nheartbeat = 60\nframe_max = 131072\nchannel_max = 2047\n\n\
                  [log]\nlevel = \"info\"\n\n{extra}\n"
             ),

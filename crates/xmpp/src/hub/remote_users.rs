@@ -54,7 +54,8 @@ impl RemoteSessions {
         }
     }
 
-    /// How many remote JIDs have an id (for tests and metrics).
+    /// How many remote JIDs have an id.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -49,7 +49,10 @@ pub fn order_srv(mut records: Vec<Srv>, mut random: impl FnMut(u32) -> u32) -> V
     let mut ordered = Vec::with_capacity(records.len());
     let mut rest = records.as_slice();
     while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|r| r.priority == first.priority).count();
+        let n = rest
+            .iter()
+            .take_while(|r| r.priority == first.priority)
+            .count();
         let mut group: Vec<Srv> = rest[..n].to_vec();
         rest = &rest[n..];
         // Zero weights first, so that they get a small chance (RFC 2782).
@@ -232,7 +235,11 @@ mod tests {
     #[test]
     fn priority_orders_first() {
         let got = order_srv(
-            vec![rec(20, 0, "c", false), rec(10, 0, "a", false), rec(15, 0, "b", true)],
+            vec![
+                rec(20, 0, "c", false),
+                rec(10, 0, "a", false),
+                rec(15, 0, "b", true),
+            ],
             |_| 0,
         );
         assert_eq!(hosts(&got), ["a", "b", "c"]);
@@ -240,14 +247,21 @@ mod tests {
 
     #[test]
     fn direct_tls_first_at_equal_priority_and_weight() {
-        let got = order_srv(vec![rec(10, 0, "plain", false), rec(10, 0, "tls", true)], |_| 0);
+        let got = order_srv(
+            vec![rec(10, 0, "plain", false), rec(10, 0, "tls", true)],
+            |_| 0,
+        );
         assert_eq!(hosts(&got), ["tls", "plain"]);
     }
 
     #[test]
     fn weight_draw_picks_by_running_sum() {
         // Weights 0, 10, 30: a draw of 25 lands on the third (0+10 < 25 <= 40).
-        let records = vec![rec(1, 10, "w10", false), rec(1, 30, "w30", false), rec(1, 0, "w0", false)];
+        let records = vec![
+            rec(1, 10, "w10", false),
+            rec(1, 30, "w30", false),
+            rec(1, 0, "w0", false),
+        ];
         let mut draws = vec![25u32, 0, 0].into_iter();
         let got = order_srv(records, |_| draws.next().unwrap_or(0));
         assert_eq!(hosts(&got), ["w30", "w0", "w10"]);
@@ -263,8 +277,14 @@ mod tests {
             ..S2sConfig::default()
         };
         config.peers.insert("c.test".into(), "127.0.0.1:3".into());
-        assert_eq!(static_target(&config, "B.test").as_deref(), Some("127.0.0.1:1"));
-        assert_eq!(static_target(&config, "c.test").as_deref(), Some("127.0.0.1:3"));
+        assert_eq!(
+            static_target(&config, "B.test").as_deref(),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(
+            static_target(&config, "c.test").as_deref(),
+            Some("127.0.0.1:3")
+        );
         assert_eq!(static_target(&config, "d.test"), None);
     }
 

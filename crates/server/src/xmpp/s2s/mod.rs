@@ -305,6 +305,12 @@ impl S2s {
                 self.bounce(left, condition);
             }
             OutEnd::Closed | OutEnd::Verified(_) => {
+                tracing::info!(
+                    local,
+                    domain,
+                    requeued = left.len(),
+                    "XMPP outbound stream closed"
+                );
                 if !self.shutdown.is_cancelled() {
                     for s in left {
                         self.send(s);
@@ -599,9 +605,7 @@ impl S2s {
                         let this = self.clone();
                         let vtx = vtx.clone();
                         tokio::spawn(async move {
-                            let valid = this
-                                .verify(from.clone(), to.clone(), key, stream_id)
-                                .await;
+                            let valid = this.verify(from.clone(), to.clone(), key, stream_id).await;
                             let _ = vtx.send((from, to, valid)).await;
                         });
                     }

@@ -11,6 +11,7 @@ mod message_tests;
 mod muc_tests;
 mod persist_tests;
 mod presence_tests;
+mod remote_tests;
 mod roster_tests;
 mod session_tests;
 mod subscription_props;
