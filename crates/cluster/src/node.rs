@@ -79,6 +79,8 @@ pub struct Status {
     pub leader: Option<NodeId>,
     /// Members of the metadata group.
     pub members: Vec<Member>,
+    /// True while a membership change is between its two steps (joint consensus).
+    pub joint: bool,
     /// Last log index.
     pub last_log_index: Option<u64>,
     /// Last applied log index.
@@ -191,6 +193,7 @@ impl Cluster {
             term: m.current_term,
             leader: m.current_leader,
             members,
+            joint: membership.get_joint_config().len() > 1,
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
         }

@@ -9,10 +9,12 @@
 //!   with the same progress line, summary and JSON line.
 //! - `xmpp`: pairs of users chatting through the server, the same reports.
 //! - `idle`: opens N idle AMQP, MQTT or XMPP connections and holds them (memory per connection).
+//! - `kafka`: produce then fetch throughput over the Kafka protocol (rskafka), one partition.
 
 mod amqp;
 mod common;
 mod idle;
+mod kafka;
 mod mqtt;
 mod raw;
 mod rawmqtt;
@@ -43,6 +45,8 @@ enum Command {
     Xmpp(XmppArgs),
     /// Open N idle AMQP, MQTT or XMPP connections and hold them for a while.
     Idle(IdleArgs),
+    /// Produce and fetch throughput over the Kafka protocol (rskafka).
+    Kafka(kafka::KafkaArgs),
 }
 
 /// How `amqp` routes producers to consumers.
@@ -442,6 +446,12 @@ fn real_main() -> anyhow::Result<()> {
             let code = rt.block_on(idle::run(args))?;
             rt.shutdown_timeout(Duration::from_secs(2));
             std::process::exit(code);
+        }
+        Command::Kafka(args) => {
+            watchdog(secs(600.0));
+            rt.block_on(kafka::run(args))?;
+            rt.shutdown_timeout(Duration::from_secs(2));
+            Ok(())
         }
     }
 }

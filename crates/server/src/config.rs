@@ -625,7 +625,10 @@ impl ClusterConfig {
         Ok(self.secret.as_bytes().to_vec())
     }
 
-    fn validate(&self, bad: impl Fn(&'static str, String) -> ConfigError) -> Result<(), ConfigError> {
+    fn validate(
+        &self,
+        bad: impl Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
         if self.node_id.is_none() {
             return Ok(());
         }

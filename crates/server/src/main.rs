@@ -237,9 +237,7 @@ fn init_logging(log: &config::LogConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match log.format {
-        config::LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .init(),
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         config::LogFormat::Json => builder.json().with_ansi(false).init(),
     }
 }

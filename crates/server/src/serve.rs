@@ -41,8 +41,14 @@ pub async fn serve(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     )?;
     let cluster = match config.cluster_addr() {
         Some(addr) => {
-            crate::cluster::start(&config.cluster, &addr, broker.clone(), store.clone(), &data_dir)
-                .await?
+            crate::cluster::start(
+                &config.cluster,
+                &addr,
+                broker.clone(),
+                store.clone(),
+                &data_dir,
+            )
+            .await?
         }
         None => None,
     };

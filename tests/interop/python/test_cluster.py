@@ -175,6 +175,19 @@ def voters(node: Node) -> set[int]:
     return {m["id"] for m in node.status()["members"] if m["voter"]}
 
 
+def settled(nodes: list[Node]) -> bool:
+    """Every node sees the same leader, the three voters in a plain (not joint)
+    configuration, and has applied the leader's whole log."""
+    st = [n.status() for n in nodes]
+    last = st[0]["last_log_index"]
+    return all(
+        s["leader"] == st[0]["leader"] is not None and not s["joint"]
+        and {m["id"] for m in s["members"] if m["voter"]} == {n.id for n in nodes}
+        and s["last_applied"] == last
+        for s in st
+    )
+
+
 def exists(node: Node, kind: str, name: str, vhost: str = "/") -> bool:
     conn = node.connect(vhost=vhost)
     try:
@@ -224,7 +237,7 @@ def cluster3(nodes):
     n3 = Node(root, 3)
     made.append(n3)
     n3.start([n1.seed(), n2.seed()])
-    wait_for(lambda: voters(n1) == {1, 2, 3}, "three voters")
+    wait_for(lambda: settled(made), "three voters, every node up to date")
     return made
 
 

@@ -678,10 +678,10 @@ async def test_con_notification_resent_when_the_observers_ack_is_lost(coap_broke
         n1 = await asyncio.wait_for(it.__anext__(), WAIT)
         assert n1.payload == b"first"
         # Wait for the resent notification: the broker's second copy, same message id.
-        mid = struct.unpack("!H", state["dropped"][2:4])[0] if state["dropped"] else None
         deadline = time.monotonic() + WAIT
         while True:
             with proxy.lock:
+                mid = struct.unpack("!H", state["dropped"][2:4])[0] if state["dropped"] else None
                 copies = [d for (way, d, _) in proxy.log
                           if way == "down" and coap_type(d) == CON and struct.unpack("!H", d[2:4])[0] == mid]
             if len(copies) >= 2:
@@ -699,9 +699,9 @@ async def test_con_notification_resent_when_the_observers_ack_is_lost(coap_broke
 
 
 def raw(mtype, code, mid: int, path: str, payload: bytes = b"", **opts) -> bytes:
-    m = aiocoap.Message(mtype=mtype, code=code, mid=mid, uri_path=tuple(path.split("/")),
-                        payload=payload, **opts)
-    m.token = mid.to_bytes(2, "big")
+    """A raw datagram, encoded by aiocoap's message codec (type, id and token set by hand)."""
+    m = aiocoap.Message(code=code, uri_path=tuple(path.split("/")), payload=payload, **opts)
+    m.mtype, m.mid, m.token = mtype, mid, mid.to_bytes(2, "big")
     return m.encode()
 
 
