@@ -12,6 +12,7 @@
 //!
 //! The crate does file IO on plain threads and has no async runtime, like `tributary-store`.
 
+pub mod fuzzing;
 mod reader;
 mod record;
 mod recovery;
