@@ -10,6 +10,7 @@ Tributary only: the Kafka listener is ours (a RabbitMQ target has none).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -466,3 +467,17 @@ def test_kafka_over_tls(kb):
     got = rd_consume(c, 1)
     c.close()
     assert [(m.key(), m.value()) for m in got] == [(b"k", b"secret")]
+
+
+def test_kafka_connections_are_listed_by_the_management_api(kb):
+    import requests
+    http = re.search(r"listening protocol=http addr=(\S+)", kb.log_text()).group(1)
+    p = rd_producer(kb, **{"client.id": "listed-producer"})
+    p.produce(topic_name("mgmt"), value=b"x")
+    assert p.flush(WAIT) == 0
+    conns = requests.get(f"http://{http}/api/connections", auth=("guest", "guest"), timeout=10).json()
+    kafka = [c for c in conns if c["tributary_protocol"] == "kafka"]
+    assert kafka and all(c["user"] == "guest" and c["vhost"] == "/" for c in kafka)
+    assert any(c["client_properties"].get("connection_name") == "listed-producer"
+               or "listed-producer" in json.dumps(c) for c in kafka)
+    assert any(c["recv_oct"] > 0 for c in kafka)
