@@ -10,6 +10,7 @@
 //! - `xmpp`: pairs of users chatting through the server, the same reports.
 //! - `idle`: opens N idle AMQP, MQTT or XMPP connections and holds them (memory per connection).
 //! - `kafka`: produce then fetch throughput over the Kafka protocol (rskafka), one partition.
+//! - `stream`: append (with confirms) then read-from-first throughput of an AMQP stream queue.
 
 mod amqp;
 mod common;
@@ -18,6 +19,7 @@ mod kafka;
 mod mqtt;
 mod raw;
 mod rawmqtt;
+mod stream;
 mod xmpp;
 
 use std::time::Duration;
@@ -47,6 +49,8 @@ enum Command {
     Idle(IdleArgs),
     /// Produce and fetch throughput over the Kafka protocol (rskafka).
     Kafka(kafka::KafkaArgs),
+    /// Append and read throughput of a stream queue (`x-queue-type: stream`) over AMQP 0-9-1.
+    Stream(stream::StreamArgs),
 }
 
 /// How `amqp` routes producers to consumers.
@@ -450,6 +454,12 @@ fn real_main() -> anyhow::Result<()> {
         Command::Kafka(args) => {
             watchdog(secs(600.0));
             rt.block_on(kafka::run(args))?;
+            rt.shutdown_timeout(Duration::from_secs(2));
+            Ok(())
+        }
+        Command::Stream(args) => {
+            watchdog(secs(2.0 * args.phase_timeout + 60.0));
+            rt.block_on(stream::run(args))?;
             rt.shutdown_timeout(Duration::from_secs(2));
             Ok(())
         }

@@ -26,14 +26,19 @@ thread_local! {
 /// Reads once from `io` and appends what came to `buf`; `Ok(0)` is the end
 /// of the stream.
 pub async fn read_into<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    poll_fn(|cx| poll_read_with(Pin::new(&mut *io), cx, |data| buf.extend_from_slice(data))).await
+    poll_fn(|cx| {
+        poll_read_with(Pin::new(&mut *io), cx, SCRATCH_SIZE, |data| {
+            buf.extend_from_slice(data)
+        })
+    })
+    .await
 }
 
-/// Reads once from `io` and returns the bytes as a vector (empty: the end of
-/// the stream).
-pub async fn read_vec<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Vec<u8>> {
+/// Reads once, at most `max` bytes, from `io` and returns them as a vector
+/// (empty: the end of the stream).
+pub async fn read_vec<R: AsyncRead + Unpin>(io: &mut R, max: usize) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    poll_fn(|cx| poll_read_with(Pin::new(&mut *io), cx, |data| out = data.to_vec())).await?;
+    poll_fn(|cx| poll_read_with(Pin::new(&mut *io), cx, max, |data| out = data.to_vec())).await?;
     Ok(out)
 }
 
@@ -42,11 +47,13 @@ pub async fn read_vec<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Vec<u8>> {
 fn poll_read_with<R: AsyncRead>(
     io: Pin<&mut R>,
     cx: &mut Context<'_>,
+    max: usize,
     take: impl FnOnce(&[u8]),
 ) -> Poll<io::Result<usize>> {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut scratch) => {
-            let mut rb = ReadBuf::new(&mut scratch[..]);
+            let limit = max.clamp(1, scratch.len());
+            let mut rb = ReadBuf::new(&mut scratch[..limit]);
             ready!(io.poll_read(cx, &mut rb))?;
             take(rb.filled());
             Poll::Ready(Ok(rb.filled().len()))
@@ -78,9 +85,12 @@ mod tests {
         assert_eq!(read_into(&mut b, &mut buf).await.unwrap(), 6);
         assert_eq!(&buf[..], b"hello world");
         a.write_all(b"!").await.unwrap();
-        assert_eq!(read_vec(&mut b).await.unwrap(), b"!");
+        assert_eq!(read_vec(&mut b, 1024).await.unwrap(), b"!");
+        a.write_all(b"abc").await.unwrap();
+        assert_eq!(read_vec(&mut b, 2).await.unwrap(), b"ab");
+        assert_eq!(read_vec(&mut b, 2).await.unwrap(), b"c");
         drop(a);
         assert_eq!(read_into(&mut b, &mut buf).await.unwrap(), 0);
-        assert!(read_vec(&mut b).await.unwrap().is_empty());
+        assert!(read_vec(&mut b, 1024).await.unwrap().is_empty());
     }
 }

@@ -7,6 +7,10 @@ use std::future::Future;
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+/// Bytes read from the socket at once: a sender's stanzas routed per
+/// wake-up are bounded by it (a flooding sender then gives way sooner).
+const READ_CHUNK: usize = 16 * 1024;
+
 /// What a read produced.
 pub enum Incoming {
     /// Part of a byte stream (TCP, TLS).
@@ -49,7 +53,7 @@ impl<S> StreamTransport<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
     async fn read(&mut self) -> Incoming {
-        match crate::readbuf::read_vec(&mut self.io).await {
+        match crate::readbuf::read_vec(&mut self.io, READ_CHUNK).await {
             Ok(data) if !data.is_empty() => Incoming::Data(data),
             Ok(_) | Err(_) => Incoming::Closed,
         }
