@@ -20,7 +20,10 @@ pub fn segment_target(data: &[u8]) {
                 whole += 1;
             }
             Decoded::Partial { need } => {
-                assert!(need > data.len() - at, "partial means more bytes are needed");
+                assert!(
+                    need > data.len() - at,
+                    "partial means more bytes are needed"
+                );
                 break;
             }
             Decoded::Damaged(_) => break,
