@@ -401,11 +401,11 @@ impl Session {
         routing_key: &str,
     ) -> Result<(), CoreError> {
         let generation = self.users.generation();
-        let user = self.user.clone().unwrap_or_default();
         let has = match self.topic_permissions {
             Some((g, has)) if g == generation => has,
             _ => {
-                let has = self.users.has_topic_permissions(&user, self.vhost_name());
+                let user = self.user.as_deref().unwrap_or("");
+                let has = self.users.has_topic_permissions(user, self.vhost_name());
                 self.topic_permissions = Some((generation, has));
                 has
             }
@@ -413,6 +413,7 @@ impl Session {
         if !has {
             return Ok(());
         }
+        let user = self.user.clone().unwrap_or_default();
         let vhost = self.vhost();
         let is_topic = vhost
             .exchange(exchange)
