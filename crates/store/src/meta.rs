@@ -42,6 +42,26 @@ impl Meta {
         tx.commit().map_err(meta_err)
     }
 
+    /// Applies puts and deletes in order in one transaction (one fsync for all).
+    pub(crate) fn apply(&self, ops: &[crate::MetaOp<'_>]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(meta_err)?;
+        tx.set_durability(Durability::Immediate).map_err(meta_err)?;
+        for op in ops {
+            let (crate::MetaOp::Put { table, .. } | crate::MetaOp::Delete { table, .. }) = op;
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+            let mut t = tx.open_table(def).map_err(meta_err)?;
+            match op {
+                crate::MetaOp::Put { key, value, .. } => {
+                    t.insert(*key, *value).map_err(meta_err)?;
+                }
+                crate::MetaOp::Delete { key, .. } => {
+                    t.remove(*key).map_err(meta_err)?;
+                }
+            }
+        }
+        tx.commit().map_err(meta_err)
+    }
+
     pub(crate) fn delete(&self, table: &str, key: &str) -> Result<(), StoreError> {
         let def: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
         let mut tx = self.db.begin_write().map_err(meta_err)?;

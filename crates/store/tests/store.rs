@@ -436,6 +436,53 @@ fn meta_tables_persist() {
 }
 
 #[test]
+fn meta_apply_is_one_ordered_transaction() {
+    use tributary_store::MetaOp;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        store.meta_apply(&[]).unwrap();
+        store
+            .meta_apply(&[
+                MetaOp::Put {
+                    table: "a",
+                    key: "k1",
+                    value: b"1",
+                },
+                MetaOp::Put {
+                    table: "b",
+                    key: "k2",
+                    value: b"2",
+                },
+                MetaOp::Delete {
+                    table: "a",
+                    key: "k1",
+                },
+                MetaOp::Put {
+                    table: "a",
+                    key: "k1",
+                    value: b"again",
+                },
+                MetaOp::Delete {
+                    table: "c",
+                    key: "absent",
+                },
+            ])
+            .unwrap();
+        store.close().unwrap();
+    }
+    let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        store.meta_list("a").unwrap(),
+        vec![("k1".to_string(), b"again".to_vec())]
+    );
+    assert_eq!(
+        store.meta_list("b").unwrap(),
+        vec![("k2".to_string(), b"2".to_vec())]
+    );
+}
+
+#[test]
 fn second_open_is_refused_and_format_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(dir.path(), StoreOptions::default()).unwrap();

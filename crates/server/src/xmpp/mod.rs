@@ -517,19 +517,28 @@ impl XmppContext {
     /// come back to the hub).
     fn apply(&self, out: Vec<Output>) -> Vec<(SessionId, Element)> {
         let mut bridged = Vec::new();
+        // The state changes first, all in one transaction (one fsync, not one per change: a
+        // chat message archived on both sides is two puts), and before any delivery.
+        let ops: Vec<tributary_store::MetaOp<'_>> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Put { table, key, value } => {
+                    Some(tributary_store::MetaOp::Put { table, key, value })
+                }
+                Output::Delete { table, key } => {
+                    Some(tributary_store::MetaOp::Delete { table, key })
+                }
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.store.meta_apply(&ops) {
+            tracing::error!(error = %e, changes = ops.len(), "cannot persist XMPP state");
+        }
+        drop(ops);
         let sessions = self.sessions.lock();
         for output in out {
             match output {
-                Output::Put { table, key, value } => {
-                    if let Err(e) = self.store.meta_put(table, &key, &value) {
-                        tracing::error!(error = %e, table, key, "cannot persist XMPP state");
-                    }
-                }
-                Output::Delete { table, key } => {
-                    if let Err(e) = self.store.meta_delete(table, &key) {
-                        tracing::error!(error = %e, table, key, "cannot delete XMPP state");
-                    }
-                }
+                Output::Put { .. } | Output::Delete { .. } => {}
                 Output::Deliver { session, stanza } => {
                     if let Some(handle) = sessions.get(&session)
                         && handle
