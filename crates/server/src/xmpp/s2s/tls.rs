@@ -33,6 +33,31 @@ struct Policy {
     provider: Arc<CryptoProvider>,
 }
 
+/// The TLS version whose handshake signature is checked.
+#[derive(Debug, Clone, Copy)]
+enum Tls {
+    V12,
+    V13,
+}
+
+impl Policy {
+    /// Checks a handshake signature with the provider's algorithms: the
+    /// same for both directions of a server-to-server stream.
+    fn verify_signature(
+        &self,
+        version: Tls,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        match version {
+            Tls::V12 => rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms),
+            Tls::V13 => rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms),
+        }
+    }
+}
+
 impl S2sTls {
     /// Builds both sides from our certificate and key files.
     pub fn load(
@@ -209,12 +234,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider.signature_verification_algorithms,
-        )
+        self.0.verify_signature(Tls::V12, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -223,12 +243,7 @@ impl ClientCertVerifier for AnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider.signature_verification_algorithms,
-        )
+        self.0.verify_signature(Tls::V13, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -273,12 +288,7 @@ impl ServerCertVerifier for PeerServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider.signature_verification_algorithms,
-        )
+        self.0.verify_signature(Tls::V12, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -287,12 +297,7 @@ impl ServerCertVerifier for PeerServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider.signature_verification_algorithms,
-        )
+        self.0.verify_signature(Tls::V13, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
